@@ -1,0 +1,100 @@
+# diffyface: one build for everything.
+#   make            libdf.a, bin/df-*, tests/check-fixtures
+#   make test       every test (unit, tool, fixture); SAN=1 adds ASan/UBSan
+#   make bench      benchmarks: print figures, assert nothing
+#   make deps       install the Debian packages the project needs
+#   make install PREFIX=/usr/local
+#   CUDA=1          also compile kernels/*.cu with nvcc into libdf
+# Sources are found by wildcard, so a new lib/*.c, tools/df-*.c,
+# tests/unit/test_*.c or tests/tools/test-*.sh needs no edit here.
+
+CC      ?= gcc
+PREFIX  ?= /usr/local
+FIXTURES ?= ../shared/fixtures
+OPT     ?= -O2
+CFLAGS  ?= $(OPT) -g
+CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter -pthread -Ilib
+LDLIBS  += -ljansson -ljpeg -lpng -lcurl -lcrypto -lopenblas -lz -lm -lpthread
+
+ifeq ($(SAN),1)
+  BUILD   := build-san
+  CFLAGS  += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+  LDFLAGS += -fsanitize=address,undefined
+else
+  BUILD   := build
+endif
+# bin/ stays for the normal build; the sanitized build keeps its own copy.
+BIN := $(if $(filter 1,$(SAN)),$(BUILD)/bin,bin)
+
+LIB_SRC  := $(wildcard lib/*.c)
+LIB_OBJ  := $(patsubst lib/%.c,$(BUILD)/lib/%.o,$(LIB_SRC))
+ifeq ($(CUDA),1)
+  NVCC      ?= nvcc
+  CU_SRC    := $(wildcard kernels/*.cu)
+  LIB_OBJ   += $(patsubst kernels/%.cu,$(BUILD)/kernels/%.o,$(CU_SRC))
+  CFLAGS    += -DDF_CUDA=1
+  LDLIBS    += -lcudart -lcublas -lcudnn -lstdc++
+endif
+LIBDF    := $(BUILD)/libdf.a
+
+TOOLS    := $(patsubst tools/%.c,$(BIN)/%,$(wildcard tools/df-*.c))
+HELPERS  := $(patsubst tools/%.c,$(BUILD)/tools/%,$(filter-out tools/df-%,$(wildcard tools/*.c)))
+UNIT     := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(wildcard tests/unit/test_*.c))
+CHECKFX_SRC := $(wildcard tests/check_fixtures/*.c)
+CHECKFX  := $(if $(filter 1,$(SAN)),$(BUILD)/tests/check-fixtures,tests/check-fixtures)
+
+.PHONY: all test bench deps install clean
+all: $(LIBDF) $(TOOLS) $(HELPERS) $(UNIT) $(CHECKFX)
+
+$(BUILD)/lib/%.o: lib/%.c $(wildcard lib/*.h)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(CFLAGS_$(notdir $(basename $<))) -c -o $@ $<
+
+$(BUILD)/kernels/%.o: kernels/%.cu $(wildcard lib/*.h kernels/*.h)
+	@mkdir -p $(dir $@)
+	$(NVCC) -O2 -Ilib -Ikernels -c -o $@ $<
+
+$(LIBDF): $(LIB_OBJ)
+	@mkdir -p $(dir $@)
+	rm -f $@ && ar rcs $@ $^
+
+$(BIN)/%: tools/%.c $(LIBDF)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(LIBDF) $(LDLIBS)
+
+$(BUILD)/tools/%: tools/%.c $(LIBDF)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(LIBDF) $(LDLIBS)
+
+$(BUILD)/tests/%: tests/unit/%.c tests/unit/unit.h $(LIBDF)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -Itests/unit $(LDFLAGS) -o $@ $< $(LIBDF) $(LDLIBS)
+
+$(CHECKFX): $(CHECKFX_SRC) $(wildcard tests/check_fixtures/*.h) $(LIBDF)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -Itests/check_fixtures $(LDFLAGS) -o $@ $(CHECKFX_SRC) $(LIBDF) $(LDLIBS)
+
+# The test runner gets the build's paths so that SAN=1 tests the sanitized binaries.
+test: all
+	DF_BIN=$(CURDIR)/$(BIN) DF_BUILD=$(CURDIR)/$(BUILD) DF_CHECKFX=$(CURDIR)/$(CHECKFX) \
+	DF_FIXTURES=$(abspath $(FIXTURES)) bash tests/run-tests.sh
+
+bench: all
+	DF_BIN=$(CURDIR)/$(BIN) DF_BUILD=$(CURDIR)/$(BUILD) bash tests/run-bench.sh
+
+DEB_PACKAGES := build-essential libjansson-dev libjpeg62-turbo-dev libpng-dev \
+  libcurl4-openssl-dev libssl-dev libopenblas-dev zlib1g-dev parallel curl \
+  python3 python3-pil python3-numpy
+deps:
+	@if dpkg -s $(DEB_PACKAGES) >/dev/null 2>&1; then echo "deps: all installed"; else \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	  apt-get install -y --no-install-recommends $(DEB_PACKAGES); fi
+
+install: all
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/man/man1 $(DESTDIR)$(PREFIX)/share/man/man7
+	install -m 755 $(TOOLS) $(DESTDIR)$(PREFIX)/bin
+	install -m 644 $(wildcard man/*.1) $(DESTDIR)$(PREFIX)/share/man/man1
+	install -m 644 $(wildcard man/*.7) $(DESTDIR)$(PREFIX)/share/man/man7
+
+clean:
+	rm -rf build build-san bin tests/check-fixtures

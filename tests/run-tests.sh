@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Runs every test: unit binaries ($DF_BUILD/tests/test_*), tool tests
+# (tests/tools/test-*.sh) and the fixture checker. Each is one test; the
+# last line is "N passed, N failed" and the exit status is non-zero if any
+# failed. Set DF_TEST_FILTER=regex to run a subset.
+set -u
+cd "$(dirname "$0")/.."
+: "${DF_BIN:=$PWD/bin}" "${DF_BUILD:=$PWD/build}" "${DF_CHECKFX:=$PWD/tests/check-fixtures}"
+: "${DF_FIXTURES:=$(cd .. && pwd)/shared/fixtures}"
+export DF_BIN DF_BUILD DF_CHECKFX DF_FIXTURES
+export PATH="$DF_BIN:$PATH"
+filter=${DF_TEST_FILTER:-.}
+logdir=$(mktemp -d)
+passed=0 failed=0 failures=()
+
+run_one() {   # name, command...
+    local name=$1; shift
+    [[ $name =~ $filter ]] || return 0
+    local t0=$SECONDS
+    if "$@" >"$logdir/${name//\//_}.log" 2>&1; then
+        passed=$((passed + 1)); echo "PASS $name ($((SECONDS - t0))s)"
+    else
+        failed=$((failed + 1)); failures+=("$name"); echo "FAIL $name ($((SECONDS - t0))s)"
+        tail -n 40 "$logdir/${name//\//_}.log" | sed 's/^/    /'
+    fi
+}
+
+for t in "$DF_BUILD"/tests/test_*; do
+    [ -x "$t" ] && run_one "unit/$(basename "$t")" "$t"
+done
+for t in tests/tools/test-*.sh; do
+    [ -f "$t" ] && run_one "tools/$(basename "$t" .sh)" bash "$t"
+done
+if [ -x "$DF_CHECKFX" ] && [ -d "$DF_FIXTURES" ]; then
+    run_one "check-fixtures" "$DF_CHECKFX" "$DF_FIXTURES"
+    [[ "check-fixtures" =~ $filter ]] && grep -E '^(PASS|FAIL|SKIP) ' "$logdir/check-fixtures.log" | awk '{print $1}' | sort | uniq -c | sed 's/^/    fixture references: /'
+fi
+rm -rf "$logdir"
+[ ${#failures[@]} -gt 0 ] && echo "failed: ${failures[*]}"
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]
