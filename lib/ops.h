@@ -90,9 +90,10 @@ void df_scale_forward(float *out, const float *a, float s, size_t n);           
 void df_axpby_forward(float *out, const float *a, float sa, const float *b, float sb, size_t n);
 /* out (B,C,HW) = inp + bias(B,C) broadcast over HW (time embedding into a resnet). */
 void df_add_channel_bias(float *out, const float *inp, const float *bias, int B, int C, int HW);
-/* out (B,Ca+Cb,HW) = cat([a (B,Ca,HW), b (B,Cb,HW)], dim=1) */
+/* out (B,Ca+Cb,HW) = cat([a (B,Ca,HW), b (B,Cb,HW)], dim=1); out must not
+ * alias b, nor a unless B == 1. */
 void df_concat_channels(float *out, const float *a, int Ca, const float *b, int Cb, int B, int HW);
-/* (B,C,HW) <-> (B,HW,C) */
+/* (B,C,HW) <-> (B,HW,C); out must not alias inp. */
 void df_nchw_to_nhwc(float *out, const float *inp, int B, int C, int HW);
 void df_nhwc_to_nchw(float *out, const float *inp, int B, int C, int HW);
 
