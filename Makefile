@@ -14,7 +14,7 @@ FIXTURES ?= ../shared/fixtures
 OPT     ?= -O2
 CFLAGS  ?= $(OPT) -g
 CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter -pthread -Ilib
-LDLIBS  += -ljansson -ljpeg -lpng -lcurl -lcrypto -lopenblas -lz -lm -lpthread
+LDLIBS  += -ljansson -ljpeg -lpng -lcurl -lcrypto -lopenblas -lutf8proc -lz -lm -lpthread
 
 ifeq ($(SAN),1)
   BUILD   := build-san
@@ -84,7 +84,7 @@ bench: all
 
 DEB_PACKAGES := build-essential libjansson-dev libjpeg62-turbo-dev libpng-dev \
   libcurl4-openssl-dev libssl-dev libopenblas-dev zlib1g-dev parallel curl \
-  python3 python3-pil python3-numpy
+  python3 python3-pil python3-numpy libutf8proc-dev
 deps:
 	@if dpkg -s $(DEB_PACKAGES) >/dev/null 2>&1; then echo "deps: all installed"; else \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
