@@ -6,7 +6,9 @@
  * the file and below a sane cap, the JSON parses to an object, every dtype is
  * known, shape entries are non-negative and their product times the dtype
  * size equals e - b (in size_t, with overflow checks), b <= e inside the data
- * block, and no two tensors overlap.
+ * block, and no two tensors overlap. Like the reference reader, the tensors
+ * must tile the data block exactly (no holes, no trailing bytes), and duplicate
+ * names are rejected. df_st_at order is data-offset order.
  * Tested by tests/unit/test_safetensors.c (including malformed headers). */
 #ifndef DF_SAFETENSORS_H
 #define DF_SAFETENSORS_H
@@ -50,6 +52,11 @@ const df_st_tensor *df_st_at(const df_safetensors *st, size_t i);   /* in file o
 const df_st_tensor *df_st_find(const df_safetensors *st, const char *name);
 const char *df_st_metadata(const df_safetensors *st, const char *key); /* NULL if absent */
 const char *df_st_path(const df_safetensors *st);
+/* Position of `name` for df_st_at, or -1 when absent. */
+long df_st_index(const df_safetensors *st, const char *name);
+/* DF_OK when t has exactly this shape (ndim < 0 skips the check); otherwise
+ * DF_ERR_SHAPE with the tensor name, expected and found shapes recorded. */
+df_status df_st_check_shape(const df_st_tensor *t, int ndim, const int64_t *shape);
 
 /* Convert to F32 (from F32, F16, BF16, F64, or integer types), numel floats. */
 df_status df_st_to_f32(const df_st_tensor *t, float *out);

@@ -1,0 +1,174 @@
+/* weights.c - name -> F32 tensor table over one mapped safetensors file.
+ *
+ * Each tensor of the file has one slot (same index as df_st_at). A slot's
+ * private F32 copy is made lazily: on the first get() of a non-F32 or
+ * misaligned tensor (conversion cache), or on df_weights_mut (copy-on-write).
+ * Once a copy exists every get() returns it, so a LoRA merged through mut()
+ * is what the model sees. A mutex guards the lazy fills, so concurrent
+ * get() calls are safe; the returned pointers stay valid until free.
+ * Tested by tests/unit/test_weights.c. */
+#include "weights.h"
+
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+struct df_weights {
+    df_safetensors *st;
+    float **copy;              /* per tensor: private F32 copy or NULL */
+    size_t private_bytes;
+    pthread_mutex_t lock;
+};
+
+df_status df_weights_open_file(const char *path, df_weights **out)
+{
+    *out = NULL;
+    df_weights *w = calloc(1, sizeof *w);
+    if (!w)
+        return df_fail(DF_ERR_NOMEM, "%s: out of memory", path);
+    df_status s = df_st_open(path, &w->st);
+    if (s != DF_OK) {
+        free(w);
+        return s;
+    }
+    if (!(w->copy = calloc(df_st_count(w->st) + 1, sizeof *w->copy))) {
+        df_st_close(w->st);
+        free(w);
+        return df_fail(DF_ERR_NOMEM, "%s: out of memory", path);
+    }
+    pthread_mutex_init(&w->lock, NULL);
+    *out = w;
+    return DF_OK;
+}
+
+static bool is_file(const char *path)
+{
+    struct stat sb;
+    return stat(path, &sb) == 0 && S_ISREG(sb.st_mode);
+}
+
+df_status df_weights_open_dir(const char *component_dir, const char *variant, df_weights **out)
+{
+    *out = NULL;
+    static const char *const stems[] = {"diffusion_pytorch_model", "model"};
+    char path[4096];
+    for (size_t i = 0; i < sizeof stems / sizeof *stems; i++) {
+        int n = variant ? snprintf(path, sizeof path, "%s/%s.%s.safetensors", component_dir,
+                                   stems[i], variant)
+                        : snprintf(path, sizeof path, "%s/%s.safetensors", component_dir, stems[i]);
+        if (n < 0 || (size_t)n >= sizeof path)
+            return df_fail(DF_ERR_ARG, "%s: path too long", component_dir);
+        if (is_file(path))
+            return df_weights_open_file(path, out);
+    }
+    const char *v = variant ? variant : "", *dot = variant ? "." : "";
+    return df_fail(DF_ERR_NOTFOUND, "%s: no diffusion_pytorch_model%s%s.safetensors or "
+                   "model%s%s.safetensors", component_dir, dot, v, dot, v);
+}
+
+void df_weights_free(df_weights *w)
+{
+    if (!w)
+        return;
+    for (size_t i = 0; i < df_st_count(w->st); i++)
+        free(w->copy[i]);
+    free(w->copy);
+    pthread_mutex_destroy(&w->lock);
+    df_st_close(w->st);
+    free(w);
+}
+
+/* Make slot i's private F32 copy if it has none. Caller holds the lock. */
+static df_status ensure_copy(df_weights *w, long i)
+{
+    if (w->copy[i])
+        return DF_OK;
+    const df_st_tensor *t = df_st_at(w->st, (size_t)i);
+    float *buf;
+    df_status s = df_st_load_f32(w->st, t->name, -1, NULL, &buf);
+    if (s != DF_OK)
+        return s;
+    w->copy[i] = buf;
+    w->private_bytes += t->numel * sizeof(float);
+    return DF_OK;
+}
+
+const float *df_weights_get(df_weights *w, const char *name, int ndim, const int64_t *shape,
+                            df_status *st)
+{
+    df_status s = DF_OK;
+    const float *out = NULL;
+    long i = df_st_index(w->st, name);
+    if (i < 0) {
+        s = df_fail(DF_ERR_NOTFOUND, "%s: no tensor \"%s\"", df_st_path(w->st), name);
+        goto done;
+    }
+    const df_st_tensor *t = df_st_at(w->st, (size_t)i);
+    if ((s = df_st_check_shape(t, ndim, shape)) != DF_OK)
+        goto done;
+    pthread_mutex_lock(&w->lock);
+    if (!w->copy[i] && t->dtype == DF_DTYPE_F32 && (uintptr_t)t->data % _Alignof(float) == 0)
+        out = t->data;         /* the usual case: a view into the mapping */
+    else if ((s = ensure_copy(w, i)) == DF_OK)
+        out = w->copy[i];
+    pthread_mutex_unlock(&w->lock);
+done:
+    if (st)
+        *st = s;
+    return out;
+}
+
+const float *df_weights_getf(df_weights *w, df_status *st, int ndim, const int64_t *shape,
+                             const char *fmt, ...)
+{
+    char name[512];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(name, sizeof name, fmt, ap);
+    va_end(ap);
+    if (n < 0 || (size_t)n >= sizeof name) {
+        df_status s = df_fail(DF_ERR_ARG, "tensor name too long (%d bytes)", n);
+        if (st)
+            *st = s;
+        return NULL;
+    }
+    return df_weights_get(w, name, ndim, shape, st);
+}
+
+float *df_weights_mut(df_weights *w, const char *name, int *ndim, int64_t *shape)
+{
+    long i = df_st_index(w->st, name);
+    if (i < 0) {
+        df_fail(DF_ERR_NOTFOUND, "%s: no tensor \"%s\"", df_st_path(w->st), name);
+        return NULL;
+    }
+    const df_st_tensor *t = df_st_at(w->st, (size_t)i);
+    pthread_mutex_lock(&w->lock);
+    df_status s = ensure_copy(w, i);
+    float *out = s == DF_OK ? w->copy[i] : NULL;
+    pthread_mutex_unlock(&w->lock);
+    if (out && ndim)
+        *ndim = t->ndim;
+    if (out && shape)
+        memcpy(shape, t->shape, (size_t)t->ndim * sizeof *shape);
+    return out;
+}
+
+bool df_weights_has(const df_weights *w, const char *name)
+{
+    return df_st_index(w->st, name) >= 0;
+}
+
+const df_safetensors *df_weights_file(const df_weights *w)
+{
+    return w->st;
+}
+
+size_t df_weights_private_bytes(const df_weights *w)
+{
+    /* A plain read: callers ask for reports after loading, not during. */
+    return w->private_bytes;
+}
