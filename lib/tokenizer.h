@@ -59,4 +59,11 @@ df_status df_tokenizer_tokenize(const df_tokenizer *t, const char *text, int32_t
 df_status df_tokenizer_encode(const df_tokenizer *t, const char *text, int32_t *ids,
                               int32_t *mask, size_t *n_untruncated);
 
+/* The same for len bytes that may hold NULs (dropped, as Python drops
+ * U+0000), e.g. a JSON string with \u0000. */
+df_status df_tokenizer_tokenize_len(const df_tokenizer *t, const char *text, size_t len,
+                                    int32_t **ids, size_t *n);
+df_status df_tokenizer_encode_len(const df_tokenizer *t, const char *text, size_t len,
+                                  int32_t *ids, int32_t *mask, size_t *n_untruncated);
+
 #endif
