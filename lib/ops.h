@@ -19,6 +19,10 @@
 /* Threads used by the optimized ops (default: online CPUs). */
 void df_ops_set_threads(int n);
 int df_ops_threads(void);
+/* SIMD level of the optimized ops: 1 AVX-512 kernels (the default where the
+ * CPU has them), 0 portable C. Setting it is for tests and benchmarks. */
+void df_ops_set_simd(int level);
+int df_ops_simd(void);
 
 /* out (N,OC) = inp (N,C) @ weight(OC,C)^T + bias(OC) */
 void df_linear_forward_ref(float *out, const float *inp, const float *weight, const float *bias,

@@ -240,9 +240,8 @@ static void test_ref_values(void)
     CHECK(U[0] == 1 && U[1] == 1 && U[2] == 2 && U[6] == 1 && U[12] == 4 && U[23] == 6);
 }
 
-int main(void)
+static void run_all(void)
 {
-    test_ref_values();
 
     test_linear(1, 1, 1, 1);
     test_linear(1, 37, 5, 0);
@@ -291,6 +290,30 @@ int main(void)
     test_attention(2, 100, 13, 5, 64, 0);
     test_attention(1, 33, 1500, 2, 40, 0);    // long Tk
     test_attention(1, 257, 257, 2, 24, 0);
+    // big enough to be split across threads
+    test_linear(300, 96, 200, 1);
+    test_conv(1, 32, 24, 24, 48, k3, 1);
+    test_conv(1, 48, 25, 23, 70, s2, 1);
+    test_attention(1, 300, 300, 2, 64, 0);
+    test_attention(2, 300, 77, 2, 64, 0);
+    test_attention(1, 200, 200, 1, 64, 1);
+}
 
+int main(void)
+{
+    test_ref_values();
+    // each setting: AVX-512 kernels (where the CPU has them) and portable C;
+    // 2 and 3 threads, so uneven shares get exercised
+    int simd = df_ops_simd();
+    int settings[][2] = {{1, 2}, {1, 3}, {0, 2}};
+    for (int s = 0; s < 3; s++) {
+        if (settings[s][0] && !simd)
+            continue;
+        df_ops_set_simd(settings[s][0]);
+        df_ops_set_threads(settings[s][1]);
+        printf("== simd %d, %d threads\n", settings[s][0], settings[s][1]);
+        run_all();
+    }
+    df_ops_set_simd(simd);
     UNIT_END();
 }
