@@ -443,8 +443,10 @@ static void on_done(const df_http_result *r)
         json_decref(J->rec);
     } else {
         /* A definite answer (404, too large) makes the .part useless; a
-         * transport error or 5xx keeps it for a resumed rerun. */
-        bool keep = r->err == DF_ERR_NET && (r->status == 0 || r->status >= 500 || r->status == 429);
+         * transport error or 5xx keeps it, if it holds anything, for a
+         * resumed rerun. */
+        bool keep = r->err == DF_ERR_NET && r->offset > 0 &&
+                    (r->status == 0 || r->status >= 500 || r->status == 429);
         if (!keep)
             unlink(J->part_path);
         emit_error(R, J->rec, "%s", r->error);
@@ -597,6 +599,8 @@ static void handle(run *R, json_t *rec)
     };
     if (have < 0 || df_http_submit(R->pool, &q) != DF_OK) {
         snprintf(detail, sizeof detail, "%s", df_last_error());
+        if (have == 0)
+            unlink(J->part_path);
         J->rec = NULL;
         job_free(J);
         emit_error(R, rec, "%s", detail);

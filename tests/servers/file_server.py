@@ -29,6 +29,8 @@ import argparse
 import email.utils
 import json
 import os
+import select
+import socket
 import sys
 import threading
 import time
@@ -90,12 +92,38 @@ class Handler(BaseHTTPRequestHandler):
         rec["fault"] = fault
         try:
             self.answer(u, q, fault, head, rec)
+        except (BrokenPipeError, ConnectionResetError):
+            rec["client_gone"] = True
+            self.close_connection = True
         finally:
             log(rec)
 
+    def wait_or_gone(self, sec, rec):
+        """Sleep sec seconds, or less if the client hangs up meanwhile, so
+        that the log line of an abandoned request is written when the
+        client gives up, not later."""
+        end = time.time() + sec
+        while True:
+            left = end - time.time()
+            if left <= 0:
+                return False
+            r, _, _ = select.select([self.connection], [], [], left)
+            if not r:
+                continue
+            try:
+                gone = not self.connection.recv(1, socket.MSG_PEEK)
+            except OSError:
+                gone = True
+            if gone:
+                rec["client_gone"] = True
+                self.close_connection = True
+                return True
+            time.sleep(max(end - time.time(), 0))   # pipelined bytes: just wait
+            return False
+
     def answer(self, u, q, fault, head, rec):
-        if fault == "slow":
-            time.sleep(float(q["slow"]))
+        if fault == "slow" and self.wait_or_gone(float(q["slow"]), rec):
+            return
         if fault == "drop":
             self.close_connection = True
             return
@@ -189,11 +217,22 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.write(body[:int(n)])
             self.wfile.flush()
             rec["sent"] = int(n)
-            time.sleep(float(sec))
+            self.wait_or_gone(float(sec), rec)
             self.close_connection = True
             return
         self.wfile.write(body)
         rec["sent"] = len(body)
+
+
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 128
+
+    def handle_error(self, request, client_address):
+        # A client that hangs up (a timeout, an aborted download) is
+        # expected here; anything else is still reported.
+        if not isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+            super().handle_error(request, client_address)
 
 
 def main():
@@ -205,9 +244,7 @@ def main():
     ap.add_argument("--token", help="expected bearer token (logged as ok/wrong only)")
     ARGS = ap.parse_args()
     LOG = open(ARGS.log, "a")
-    ThreadingHTTPServer.daemon_threads = True
-    ThreadingHTTPServer.request_queue_size = 128
-    srv = ThreadingHTTPServer(("127.0.0.1", ARGS.port), Handler)
+    srv = Server(("127.0.0.1", ARGS.port), Handler)
     print(srv.server_address[1], flush=True)
     try:
         srv.serve_forever()
