@@ -239,6 +239,8 @@ static void cmyk_to_rgb(uint8_t *px, size_t npix, bool inverted)
 static int jpeg_pick_denom(int w, int h, int min_w, int min_h)
 {
     int d = 1;
+    if (min_w <= 0 && min_h <= 0)
+        return 1;                   /* no hint: full size */
     while (d < 8 && (w + 2 * d - 1) / (2 * d) >= min_w && (h + 2 * d - 1) / (2 * d) >= min_h)
         d *= 2;
     return d;
@@ -270,7 +272,7 @@ static df_status jpeg_decode(const uint8_t *buf, size_t n, const df_image_limits
     int W = (int)ci.image_width, H = (int)ci.image_height;   /* <= 65500 by format */
     if (ow) *ow = o >= 5 ? H : W;
     if (oh) *oh = o >= 5 ? W : H;
-    df_status st = check_size("jpeg", ci.image_width, ci.image_height, lim);
+    df_status st = out ? check_size("jpeg", ci.image_width, ci.image_height, lim) : DF_OK;
     if (st || !out) {
         jpeg_destroy_decompress(&ci);
         return st;
@@ -404,13 +406,14 @@ static df_status png_decode(const uint8_t *buf, size_t n, const df_image_limits 
      * still checked, and zTXt/iCCP are never inflated (no zlib bombs). */
     png_set_benign_errors(png, 0);
     png_set_keep_unknown_chunks(png, PNG_HANDLE_CHUNK_NEVER, NULL, -1);
-    png_set_user_limits(png, DF_IMAGE_MAX_SIDE, DF_IMAGE_MAX_SIDE);
+    /* libpng's own size limit off: check_size() judges, with a clearer message */
+    png_set_user_limits(png, PNG_UINT_31_MAX, PNG_UINT_31_MAX);
     png_read_info(png, info);
 
     png_uint_32 W = png_get_image_width(png, info), H = png_get_image_height(png, info);
     if (ow) *ow = (int)W;
     if (oh) *oh = (int)H;
-    df_status st = check_size("png", W, H, lim);
+    df_status st = out ? check_size("png", W, H, lim) : DF_OK;
     if (st || !out) {
         png_destroy_read_struct(&png, &info, NULL);
         return st;
@@ -464,10 +467,9 @@ static df_status decode_any(const uint8_t *buf, size_t n, const df_image_limits 
 
 df_status df_image_probe_mem(const uint8_t *buf, size_t n, df_image_format *fmt, int *w, int *h)
 {
-    /* no pixel limit on a probe: the caller wants the size to judge it */
-    df_image_limits nolimit = { UINT64_MAX };
+    /* no size limit on a probe: the caller wants the size to judge it */
     int ow = 0, oh = 0;
-    df_status st = decode_any(buf, n, &nolimit, 0, 0, NULL, fmt, &ow, &oh);
+    df_status st = decode_any(buf, n, NULL, 0, 0, NULL, fmt, &ow, &oh);
     if (w) *w = ow;
     if (h) *h = oh;
     return st;
