@@ -41,6 +41,8 @@ static void usage(void)
            "  -c, --on-conflict P    same file_name, different text or image: keep first\n"
            "                         (default), last, or rename (prefix source or input#)\n"
            "      --verify           check that every image exists and decodes\n"
+           "      --source-dirs      prefix file_name with the source (or input<N>), giving\n"
+           "                         each source its own directory\n"
            "      --require-text     drop records without a caption (text)\n"
            "      --drop-errors      drop records that carry an error (counted)\n"
            "      --copy             with --out, copy images instead of hard-linking\n"
@@ -65,7 +67,7 @@ typedef struct {
 typedef struct {
     /* options */
     const char *out_dir, *root;
-    bool dedupe_content, verify, require_text, drop_errors, copy, strict;
+    bool dedupe_content, verify, require_text, drop_errors, copy, strict, source_dirs;
     conflict_policy policy;
     df_progress_mode progress_mode;
     /* state */
@@ -212,20 +214,26 @@ static void unindex_hash(merge *m, size_t i)
         json_object_del(m->by_hash, hex);
 }
 
+/* The directory a record's source gets: its source, else "input<N>". */
+static void source_prefix(const json_t *rec, int input, char *buf, size_t cap)
+{
+    const char *src = df_rec_str(rec, "source");
+    if (src && *src) {
+        snprintf(buf, cap, "%s", src);
+        for (char *p = buf; *p; p++)
+            if (*p == '/')
+                *p = '_';   /* a source name must not add directory levels */
+    } else {
+        snprintf(buf, cap, "input%d", input + 1);
+    }
+}
+
 /* A name for a renamed record: "<source>/<file_name>" (or "input<N>/..."),
  * with "-2", "-3", ... added to the prefix until it is free. */
 static char *rename_target(merge *m, const entry *e, const char *fn)
 {
-    const char *src = df_rec_str(e->rec, "source");
     char prefix[256];
-    if (src && *src) {
-        snprintf(prefix, sizeof prefix, "%s", src);
-        for (char *p = prefix; *p; p++)
-            if (*p == '/')
-                *p = '_';   /* a source name must not add directory levels */
-    } else {
-        snprintf(prefix, sizeof prefix, "input%d", e->input + 1);
-    }
+    source_prefix(e->rec, e->input, prefix, sizeof prefix);
     size_t cap = strlen(prefix) + strlen(fn) + 32;
     char *name = malloc(cap);
     if (!name)
@@ -342,6 +350,16 @@ static void add_record(merge *m, json_t *rec, int input, long line, const char *
         free(path);
         add_failed(m, rec, input, line);
         return;
+    }
+    if (m->source_dirs) {
+        /* Each source in its own directory: the image still resolves from
+         * the original name (path above). */
+        char prefix[256];
+        source_prefix(rec, input, prefix, sizeof prefix);
+        char *name = resolve_path(prefix, fn);
+        df_rec_set_str(rec, "file_name", name);
+        free(name);
+        fn = df_rec_str(rec, "file_name");
     }
     entry *e = append(m, rec, path, input, line);
     size_t ni = m->n - 1;
@@ -617,7 +635,7 @@ typedef struct {
 
 static int parse_args(int argc, char **argv, merge *m, input_arg **ins, int *nin)
 {
-    enum { O_VERIFY = 256, O_REQTEXT, O_DROPERR, O_COPY, O_STRICT, O_PROGRESS };
+    enum { O_VERIFY = 256, O_REQTEXT, O_DROPERR, O_COPY, O_STRICT, O_PROGRESS, O_SRCDIRS };
     static const struct option opts[] = {
         {"out", required_argument, 0, 'o'},          {"root", required_argument, 0, 'r'},
         {"source", required_argument, 0, 's'},       {"dedupe", required_argument, 0, 'd'},
@@ -625,7 +643,8 @@ static int parse_args(int argc, char **argv, merge *m, input_arg **ins, int *nin
         {"require-text", no_argument, 0, O_REQTEXT}, {"drop-errors", no_argument, 0, O_DROPERR},
         {"copy", no_argument, 0, O_COPY},            {"strict", no_argument, 0, O_STRICT},
         {"quiet", no_argument, 0, 'q'},              {"progress", no_argument, 0, O_PROGRESS},
-        {"help", no_argument, 0, 'h'},               {0, 0, 0, 0},
+        {"source-dirs", no_argument, 0, O_SRCDIRS},  {"help", no_argument, 0, 'h'},
+        {0, 0, 0, 0},
     };
     const char *source = NULL;
     bool seen_stdin = false;
@@ -665,6 +684,7 @@ static int parse_args(int argc, char **argv, merge *m, input_arg **ins, int *nin
         case O_REQTEXT: m->require_text = true; break;
         case O_DROPERR: m->drop_errors = true; break;
         case O_COPY: m->copy = true; break;
+        case O_SRCDIRS: m->source_dirs = true; break;
         case O_STRICT: m->strict = true; break;
         case 'q': m->progress_mode = DF_PROGRESS_NEVER; break;
         case O_PROGRESS: m->progress_mode = DF_PROGRESS_ALWAYS; break;
