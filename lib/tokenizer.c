@@ -505,6 +505,31 @@ fail:
 
 /* ---- Unicode classes, as Python's unicodedata / str and the regex module ---- */
 
+/* The reference ran Python 3.11, whose unicodedata is Unicode 14.0, where
+ * these code points are unassigned (category Cn, so cleaning drops them);
+ * utf8proc 2.8 knows Unicode 15.0, which assigned them (new scripts, CJK
+ * extension H, emoji such as U+1FAF8). Derived by comparing the two tables
+ * over all code points; there are no other category differences. */
+static bool unassigned_in_unicode14(uint32_t c)
+{
+    static const uint32_t r[][2] = {
+        {0xCF3, 0xCF3}, {0xECE, 0xECE}, {0x10EFD, 0x10EFF}, {0x1123F, 0x11241},
+        {0x11B00, 0x11B09}, {0x11F00, 0x11F10}, {0x11F12, 0x11F3A}, {0x11F3E, 0x11F59},
+        {0x1342F, 0x1342F}, {0x13439, 0x13455}, {0x1B132, 0x1B132}, {0x1B155, 0x1B155},
+        {0x1D2C0, 0x1D2D3}, {0x1DF25, 0x1DF2A}, {0x1E030, 0x1E06D}, {0x1E08F, 0x1E08F},
+        {0x1E4D0, 0x1E4F9}, {0x1F6DC, 0x1F6DC}, {0x1F774, 0x1F776}, {0x1F77B, 0x1F77F},
+        {0x1F7D9, 0x1F7D9}, {0x1FA75, 0x1FA77}, {0x1FA87, 0x1FA88}, {0x1FAAD, 0x1FAAF},
+        {0x1FABB, 0x1FABD}, {0x1FABF, 0x1FABF}, {0x1FACE, 0x1FACF}, {0x1FADA, 0x1FADB},
+        {0x1FAE8, 0x1FAE8}, {0x1FAF7, 0x1FAF8}, {0x2B739, 0x2B739}, {0x31350, 0x323AF},
+    };
+    if (c < 0xCF3)
+        return false;
+    for (size_t i = 0; i < sizeof r / sizeof *r; i++)
+        if (c >= r[i][0] && c <= r[i][1])
+            return true;
+    return false;
+}
+
 static bool is_letter(uint32_t c)
 {
     utf8proc_category_t k = utf8proc_category((utf8proc_int32_t)c);
@@ -549,15 +574,19 @@ static bool is_case_ignorable(uint32_t c)
            k == UTF8PROC_CATEGORY_LM || k == UTF8PROC_CATEGORY_SK;
 }
 
-/* Cased: Lu, Ll, Lt, anything with a case mapping, and the two
- * Other_Lowercase letters of category Lo. */
+/* Cased: Lu, Ll, Lt, anything with a case mapping, the two Other_Lowercase
+ * letters of category Lo and the Other_Uppercase squared and circled Latin
+ * capitals of U+1F130.. (no case mappings). Checked over all code points
+ * against Python 3.11's final-sigma behaviour. */
 static bool is_cased(uint32_t c)
 {
     utf8proc_category_t k = utf8proc_category((utf8proc_int32_t)c);
     if (k == UTF8PROC_CATEGORY_LU || k == UTF8PROC_CATEGORY_LL || k == UTF8PROC_CATEGORY_LT)
         return true;
     utf8proc_int32_t s = (utf8proc_int32_t)c;
-    return utf8proc_tolower(s) != s || utf8proc_toupper(s) != s || c == 0xAA || c == 0xBA;
+    return utf8proc_tolower(s) != s || utf8proc_toupper(s) != s || c == 0xAA || c == 0xBA ||
+           (c >= 0x1F130 && c <= 0x1F149) || (c >= 0x1F150 && c <= 0x1F169) ||
+           (c >= 0x1F170 && c <= 0x1F189);
 }
 
 /* Python's handle_capital_sigma: U+03A3 lower-cases to final U+03C2 when
@@ -608,7 +637,7 @@ static bool clean_text(const uint32_t *in, size_t n, cpbuf *out)
             continue;
         if (!tnr && k >= UTF8PROC_CATEGORY_CC)   /* Cc Cf Cs Co */
             continue;
-        if (!tnr && k == UTF8PROC_CATEGORY_CN)   /* unassigned */
+        if (!tnr && (k == UTF8PROC_CATEGORY_CN || unassigned_in_unicode14(c)))   /* unassigned */
             continue;
         if (tnr || c == ' ' || k == UTF8PROC_CATEGORY_ZS)
             ok = cp_push(out, ' ');
@@ -679,6 +708,16 @@ static bool match_ascii(const uint32_t *v, size_t n, size_t i, const char *lit)
     return true;
 }
 
+/* Characters no alternative matches, skipped like whitespace: \s, and
+ * U+0345 (combining ypogegrammeni, Mn): under IGNORECASE the regex module
+ * tests a set against the character's case variants too, and U+0345 folds
+ * to the letter iota, so it is neither outside \p{L} nor inside it. It is
+ * the only code point whose class IGNORECASE changes (checked over all). */
+static bool regex_skips(uint32_t c)
+{
+    return c == 0x345 || is_white(c);
+}
+
 /* Length of the pre-token at i, 0 if none starts there. */
 static size_t pretoken_len(const uint32_t *v, size_t n, size_t i)
 {
@@ -695,7 +734,7 @@ static size_t pretoken_len(const uint32_t *v, size_t n, size_t i)
     }
     if (is_number(v[i]))
         return 1;
-    while (j < n && !is_white(v[j]) && !is_letter(v[j]) && !is_number(v[j]))
+    while (j < n && !regex_skips(v[j]) && !is_letter(v[j]) && !is_number(v[j]))
         j++;
     return j - i;
 }
