@@ -17,7 +17,7 @@
  * The initial latents are noise * init_noise_sigma. Multistep samplers keep
  * state between steps, so steps must be taken in order; set_timesteps resets.
  * Tested by tests/unit/test_scheduler.c and the fixture checker
- * (tests/check_fixtures/check_scheduler.c, refs/schedulers/*). */
+ * (tests/check_fixtures/check_scheduler.c on refs/schedulers/). */
 #ifndef DF_SCHEDULER_H
 #define DF_SCHEDULER_H
 
