@@ -769,6 +769,22 @@ static void null_nonfinite(char *p)
     }
 }
 
+/* Parse (buf is modified) into a JSON object; what names the source in errors. */
+static df_status parse_text(char *buf, size_t len, const char *what, json_t **out)
+{
+    null_nonfinite(buf);
+    json_error_t je;
+    json_t *j = json_loadb(buf, len, 0, &je);
+    if (!j)
+        return df_fail(DF_ERR_FORMAT, "%s:%d: %s", what, je.line, je.text);
+    if (!json_is_object(j)) {
+        json_decref(j);
+        return df_fail(DF_ERR_FORMAT, "%s: not a JSON object", what);
+    }
+    *out = j;
+    return DF_OK;
+}
+
 df_status df_scheduler_load_config(const char *path, json_t **out)
 {
     *out = NULL;
@@ -805,16 +821,20 @@ df_status df_scheduler_load_config(const char *path, json_t **out)
         return df_fail(DF_ERR_IO, "%s: read error", path);
     }
     buf[len] = 0;
-    null_nonfinite(buf);
-    json_error_t je;
-    json_t *j = json_loadb(buf, len, 0, &je);
+    df_status st = parse_text(buf, len, path, out);
     free(buf);
-    if (!j)
-        return df_fail(DF_ERR_FORMAT, "%s:%d: %s", path, je.line, je.text);
-    if (!json_is_object(j)) {
-        json_decref(j);
-        return df_fail(DF_ERR_FORMAT, "%s: not a JSON object", path);
-    }
-    *out = j;
-    return DF_OK;
+    return st;
+}
+
+df_status df_scheduler_parse_config(const char *text, json_t **out)
+{
+    *out = NULL;
+    size_t len = strlen(text);
+    char *buf = malloc(len + 1);
+    if (!buf)
+        return df_fail(DF_ERR_NOMEM, "scheduler config: out of memory");
+    memcpy(buf, text, len + 1);
+    df_status st = parse_text(buf, len, "scheduler config", out);
+    free(buf);
+    return st;
 }

@@ -55,6 +55,8 @@ void df_scheduler_free(df_scheduler *s);
  * bare NaN / Infinity / -Infinity that Python's json writes (diffusers saves
  * "lambda_min_clipped": -Infinity); they become null, i.e. the default. */
 df_status df_scheduler_load_config(const char *path, json_t **out);
+/* The same for JSON text held in memory (e.g. a config quoted in a note). */
+df_status df_scheduler_parse_config(const char *text, json_t **out);
 
 /* The short names above, NULL-terminated (for usage messages). */
 const char *const *df_scheduler_names(void);
