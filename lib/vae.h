@@ -52,7 +52,9 @@ int df_vae_latent_channels(const df_vae *v);
 int df_vae_in_channels(const df_vae *v);
 int df_vae_out_channels(const df_vae *v);
 int df_vae_sample_size(const df_vae *v);           /* image side the model was trained at */
-/* Bytes the last encode/decode held at most in activations (for reports). */
+/* Free the activation arena now (it is kept between calls otherwise). */
+void df_vae_release_activations(df_vae *v);
+/* Bytes the encodes/decodes so far held at most in activations (for reports). */
 size_t df_vae_peak_activation_bytes(const df_vae *v);
 
 df_weights *df_vae_weights(df_vae *v);
