@@ -4,6 +4,7 @@
 #include "rng.h"
 
 #include <math.h>
+#include <string.h>
 
 #define MT_N 624
 #define MT_M 397
@@ -73,17 +74,95 @@ static double normal_f64(df_rng *r)
     return radius * cos(theta);
 }
 
-/* torch's normal_fill_16: Box-Muller on 16 uniforms, pairing j with j+8, in
- * float (theta computed in double, then rounded to float, as torch does). */
+/* torch 1.13 transforms blocks of 16 uniforms with AVX2 code (normal_fill_16_AVX2)
+ * whose log and sincos are the Cephes single-precision polynomials of
+ * avx_mathfun.h, compiled with fused multiply-adds. libm's logf/sinf/cosf
+ * would differ from them by an ulp in ~40% of the values, so the same
+ * polynomials and the same fusions are evaluated here, one lane at a time;
+ * the result is bit-identical to torch on every reference draw. */
+
+static float bits_to_f(uint32_t u)
+{
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+static uint32_t f_to_bits(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return u;
+}
+
+/* Natural log for x in (0, 1]: x = m * 2^e with m in [sqrt(1/2), sqrt(2)),
+ * log(m) by a degree-9 polynomial, e * ln 2 split in two parts. */
+static float cephes_logf(float x)
+{
+    static const float p[9] = {7.0376836292e-2f, -1.1514610310e-1f, 1.1676998740e-1f,
+                               -1.2420140846e-1f, 1.4249322787e-1f, -1.6668057665e-1f,
+                               2.0000714765e-1f, -2.4999993993e-1f, 3.3333331174e-1f};
+    if (x < bits_to_f(0x00800000u))
+        x = bits_to_f(0x00800000u);                    /* smallest normal */
+    int32_t ex = (int32_t)(f_to_bits(x) >> 23) - 0x7f;
+    x = bits_to_f((f_to_bits(x) & ~0x7f800000u) | f_to_bits(0.5f));   /* mantissa in [0.5, 1) */
+    float e = (float)ex + 1.0f;
+    bool small = x < 0.707106781186547524f;
+    float add = small ? x : 0.0f;
+    x = x - 1.0f;
+    e = e - (small ? 1.0f : 0.0f);
+    x = x + add;
+    float z = x * x, y = p[0];
+    for (int k = 1; k < 9; k++)
+        y = fmaf(y, x, p[k]);
+    y = y * x;
+    y = fmaf(y, z, e * -2.12194440e-4f);
+    y = y - z * 0.5f;
+    x = x + y;
+    return fmaf(e, 0.693359375f, x);
+}
+
+/* sin and cos for x >= 0: reduce by multiples of pi/4 (three-part pi/4),
+ * then the Cephes sine and cosine polynomials on [-pi/4, pi/4]. */
+static void cephes_sincosf(float x, float *s, float *c)
+{
+    int32_t j = (int32_t)(x * 1.27323954473516f);      /* 4/pi, truncated */
+    j = (j + 1) & ~1;
+    float y = (float)j;
+    uint32_t sign_sin = (uint32_t)(j & 4) << 29;
+    uint32_t sign_cos = (uint32_t)(~(j - 2) & 4) << 29;
+    bool sin_poly = (j & 2) == 0;
+    x = fmaf(y, -0.78515625f, x);
+    x = fmaf(y, -2.4187564849853515625e-4f, x);
+    x = fmaf(y, -3.77489497744594108e-8f, x);
+    float z = x * x;
+    float yc = 2.443315711809948e-5f;
+    yc = fmaf(yc, z, -1.388731625493765e-3f);
+    yc = fmaf(yc, z, 4.166664568298827e-2f);
+    yc = yc * z;
+    yc = fmaf(yc, z, -(z * 0.5f));
+    yc = yc + 1.0f;
+    float ys = -1.9515295891e-4f;
+    ys = fmaf(ys, z, 8.3321608736e-3f);
+    ys = fmaf(ys, z, -1.6666654611e-1f);
+    ys = ys * z;
+    ys = fmaf(ys, x, x);
+    *s = bits_to_f(f_to_bits(sin_poly ? ys : yc) ^ sign_sin);
+    *c = bits_to_f(f_to_bits(sin_poly ? yc : ys) ^ sign_cos);
+}
+
+/* Box-Muller on 16 uniforms, pairing j with j+8 (theta = float(2 pi) * u2). */
 static void normal_fill_16(float *d)
 {
+    const float two_pi = (float)(2.0 * M_PI);
     for (int j = 0; j < 8; j++) {
         float u1 = 1.0f - d[j];            /* [0,1) -> (0,1] for the log */
         float u2 = d[j + 8];
-        float radius = sqrtf(-2.0f * logf(u1));
-        float theta = (float)(2.0f * M_PI * (double)u2);
-        d[j] = radius * cosf(theta);
-        d[j + 8] = radius * sinf(theta);
+        float radius = sqrtf(-2.0f * cephes_logf(u1));
+        float s, c;
+        cephes_sincosf(two_pi * u2, &s, &c);
+        d[j] = radius * c;
+        d[j + 8] = radius * s;
     }
 }
 

@@ -9,7 +9,8 @@
  *   n >= 16: fill with uniform floats (24-bit), then Box-Muller in blocks of
  *            16 pairing element j with j+8; a tail that is not a multiple of
  *            16 redraws 16 uniforms for the last 16 elements and transforms
- *            them again (torch's normal_fill);
+ *            them again (torch's normal_fill, with the Cephes log/sincos
+ *            polynomials of its AVX2 kernel, so draws are bit-identical);
  *   n <  16: one double normal per element from two 53-bit uniform doubles,
  *            the sine half cached in the generator for the next draw.
  * Tested by tests/unit/test_rng.c against ../shared/rng (torch 1.13 draws). */
