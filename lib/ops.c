@@ -121,15 +121,16 @@ static void split_range(int n, int align, int tid, int nt, int *lo, int *hi)
 
 /* ------------------------------------------------------------ micro-kernel */
 
-/* C (mr, w) += A (mr, kb) @ B (kb, w); A rows lda apart, B rows ldb apart,
- * C rows ldc apart. mr <= 6, w <= 64. Portable version. */
-static void ukernel_c(int mr, int w, int kb, const float *A, size_t lda, const float *B,
-                      size_t ldb, float *C, size_t ldc)
+/* C (mr, w) += A (mr, kb) @ B (kb, w), mr <= 6, w <= 64. A's element (r,k) is
+ * A[r*ars + k*aks] (row-major: ars = lda, aks = 1; packed panels: ars = 1,
+ * aks = 6); B rows are ldb apart, C rows ldc apart. Portable version. */
+static void ukernel_c(int mr, int w, int kb, const float *A, size_t ars, size_t aks,
+                      const float *B, size_t ldb, float *C, size_t ldc)
 {
     for (int r = 0; r < mr; r++) {
         float acc[64] = {0};
         for (int k = 0; k < kb; k++) {
-            float a = A[r * lda + k];
+            float a = A[r * ars + k * aks];
             const float *b = B + k * ldb;
             for (int j = 0; j < w; j++)
                 acc[j] += a * b[j];
@@ -143,8 +144,8 @@ static void ukernel_c(int mr, int w, int kb, const float *A, size_t lda, const f
  * masked to the tile's width: 6 rows x 4 vectors = 24 accumulators in zmm
  * registers; per k, NV loads of B and MR broadcasts of A feed MR*NV FMAs. */
 __attribute__((target("avx512f"), always_inline)) static inline void
-ukernel_tile(const int MR, const int NV, __mmask16 last, int kb, const float *A, size_t lda,
-             const float *B, size_t ldb, float *C, size_t ldc)
+ukernel_tile(const int MR, const int NV, __mmask16 last, int kb, const float *A, size_t ars,
+             size_t aks, const float *B, size_t ldb, float *C, size_t ldc)
 {
     __m512 acc[6][4];
 #pragma GCC unroll 6
@@ -154,14 +155,14 @@ ukernel_tile(const int MR, const int NV, __mmask16 last, int kb, const float *A,
             acc[r][v] = _mm512_setzero_ps();
     for (int k = 0; k < kb; k++) {
         __m512 b[4];
-        const float *bk = B + k * ldb;
+        const float *bk = B + k * ldb, *ak = A + k * aks;
 #pragma GCC unroll 4
         for (int v = 0; v < NV; v++)
             b[v] = v == NV - 1 ? _mm512_maskz_loadu_ps(last, bk + 16 * v)
                                : _mm512_loadu_ps(bk + 16 * v);
 #pragma GCC unroll 6
         for (int r = 0; r < MR; r++) {
-            __m512 a = _mm512_set1_ps(A[r * lda + k]);
+            __m512 a = _mm512_set1_ps(ak[r * ars]);
 #pragma GCC unroll 4
             for (int v = 0; v < NV; v++)
                 acc[r][v] = _mm512_fmadd_ps(a, b[v], acc[r][v]);
@@ -182,19 +183,24 @@ ukernel_tile(const int MR, const int NV, __mmask16 last, int kb, const float *A,
 #define TILE_CASE(MR)                                                                       \
     case MR:                                                                                \
         switch (nv) {                                                                       \
-        case 1: ukernel_tile(MR, 1, last, kb, A, lda, B, ldb, C, ldc); break;              \
-        case 2: ukernel_tile(MR, 2, last, kb, A, lda, B, ldb, C, ldc); break;              \
-        case 3: ukernel_tile(MR, 3, last, kb, A, lda, B, ldb, C, ldc); break;              \
-        default: ukernel_tile(MR, 4, last, kb, A, lda, B, ldb, C, ldc); break;             \
+        case 1: ukernel_tile(MR, 1, last, kb, A, ars, aks, B, ldb, C, ldc); break;         \
+        case 2: ukernel_tile(MR, 2, last, kb, A, ars, aks, B, ldb, C, ldc); break;         \
+        case 3: ukernel_tile(MR, 3, last, kb, A, ars, aks, B, ldb, C, ldc); break;         \
+        default: ukernel_tile(MR, 4, last, kb, A, ars, aks, B, ldb, C, ldc); break;        \
         }                                                                                   \
         break;
 
 __attribute__((target("avx512f"))) static void
-ukernel_avx512(int mr, int w, int kb, const float *A, size_t lda, const float *B, size_t ldb,
-               float *C, size_t ldc)
+ukernel_avx512(int mr, int w, int kb, const float *A, size_t ars, size_t aks, const float *B,
+               size_t ldb, float *C, size_t ldc)
 {
     int nv = (w + 15) / 16;
     __mmask16 last = (__mmask16)(w % 16 ? (1u << (w % 16)) - 1 : 0xFFFF);
+    // the full 6x64 tile with packed A is the hot case: give it constant strides
+    if (mr == 6 && nv == 4 && ars == 1 && aks == 6) {
+        ukernel_tile(6, 4, last, kb, A, 1, 6, B, ldb, C, ldc);
+        return;
+    }
     switch (mr) {
         TILE_CASE(1) TILE_CASE(2) TILE_CASE(3) TILE_CASE(4) TILE_CASE(5)
     default:
@@ -202,27 +208,39 @@ ukernel_avx512(int mr, int w, int kb, const float *A, size_t lda, const float *B
     }
 }
 
-/* C (M,N) += A (M,K) @ B (K,N) for B already in memory, rows ldb apart:
- * 64-column strips of B, 6 rows of A at a time. */
+static void ukernel(int mr, int w, int kb, const float *A, size_t ars, size_t aks,
+                    const float *B, size_t ldb, float *C, size_t ldc)
+{
+    if (df_ops_simd())
+        ukernel_avx512(mr, w, kb, A, ars, aks, B, ldb, C, ldc);
+    else
+        ukernel_c(mr, w, kb, A, ars, aks, B, ldb, C, ldc);
+}
+
+/* C (M,N) += A (M,K) @ B (K,N), all row-major in place (attention's small
+ * in-cache products): 64-column strips of B, 6 rows of A at a time. */
 static void gemm_block(int M, int N, int K, const float *A, size_t lda, const float *B,
                        size_t ldb, float *C, size_t ldc)
 {
-    int simd = df_ops_simd();
     for (int j = 0; j < N; j += 64) {
         int w = N - j < 64 ? N - j : 64;
         for (int i = 0; i < M; i += 6) {
             int mr = M - i < 6 ? M - i : 6;
-            if (simd)
-                ukernel_avx512(mr, w, K, A + i * lda, lda, B + j, ldb, C + i * ldc + j, ldc);
-            else
-                ukernel_c(mr, w, K, A + i * lda, lda, B + j, ldb, C + i * ldc + j, ldc);
+            ukernel(mr, w, K, A + i * lda, lda, 1, B + j, ldb, C + i * ldc + j, ldc);
         }
     }
 }
 
 /* ------------------------------------------------------------------- GEMM */
 
-enum { KB = 256, NB = 256 };   // B blocks of KB x NB floats (256 KiB, in L2)
+/* Blocking: each thread packs a K x NB column panel of B once, as 64-column
+ * strips of KB x 64 per k-block (32 KiB each: a strip stays in L1 while the
+ * 6-row panels of A pass over it); then, for MB rows of C at a time (an
+ * MB x NB block that stays in L2 across the whole K loop, so C never goes
+ * back to memory between k-blocks), runs the micro-kernel over every k-block,
+ * strip and row panel. A is read in place: measured, packing it bought
+ * nothing here, since its rows stream from L2 either way. */
+enum { KB = 128, NB = 256, MB = 240 };
 
 typedef enum { B_ROWS, B_TRANS, B_IM2COL } bsrc_kind;
 
@@ -236,31 +254,44 @@ typedef struct {
     const df_conv2d_geom *g;
 } bsrc;
 
-/* One im2col row segment: the values of tap (c,kh,kw) at outputs n0..n0+nb. */
-static void pack_im2col_row(float *dst, const bsrc *s, int k, int n0, int nb)
+/* One im2col row: the values of tap (c,kh,kw) at outputs n0..n0+nb, written
+ * 64 to a strip (dst[j] for j in strip s lands at s*kb*64 + j%64). Runs along
+ * output rows: whole runs of zeros or, for stride 1, straight copies. */
+static void pack_im2col_row(float *dst, size_t strip, const bsrc *s, int k, int n0, int nb)
 {
     const df_conv2d_geom *g = s->g;
-    int K = g->K, c = k / (K * K), kh = k / K % K, kw = k % K;
+    int K = g->K, c = k / (K * K), kh = k / K % K, kw = k % K, st = g->stride;
     const float *img = s->p + (size_t)c * s->H * s->W;
     int oh = n0 / s->OW, ow = n0 % s->OW;
-    for (int j = 0; j < nb; j++) {
-        int ih = oh * g->stride - g->pad_t + kh, iw = ow * g->stride - g->pad_l + kw;
-        dst[j] = ih >= 0 && ih < s->H && iw >= 0 && iw < s->W ? img[(size_t)ih * s->W + iw] : 0.0f;
-        if (++ow == s->OW)
-            ow = 0, oh++;
+    for (int j = 0; j < nb;) {
+        int run = s->OW - ow < nb - j ? s->OW - ow : nb - j;   // rest of this output row
+        int ih = oh * st - g->pad_t + kh;
+        const float *row = img + (size_t)ih * s->W;
+        for (int e = 0; e < run; e++, j++) {
+            int iw = (ow + e) * st - g->pad_l + kw;
+            dst[(size_t)(j / 64) * strip + j % 64] =
+                ih >= 0 && ih < s->H && iw >= 0 && iw < s->W ? row[iw] : 0.0f;
+        }
+        ow = 0, oh++;
     }
 }
 
-/* Pack B[k0..k0+kb, n0..n0+nb] into dst (kb, nb) row-major. */
+/* Pack B[k0..k0+kb, n0..n0+nb] into 64-column strips of kb x 64. */
 static void pack_b(float *dst, const bsrc *s, int k0, int kb, int n0, int nb)
 {
+    size_t strip = (size_t)kb * 64;
     for (int k = 0; k < kb; k++) {
-        float *d = dst + (size_t)k * nb;
-        if (s->kind == B_TRANS)
+        float *d = dst + (size_t)k * 64;
+        if (s->kind == B_IM2COL) {
+            pack_im2col_row(d, strip, s, k0 + k, n0, nb);
+        } else if (s->kind == B_ROWS) {
+            const float *src = s->p + (size_t)(k0 + k) * s->ld + n0;
+            for (int j = 0; j < nb; j += 64)
+                memcpy(d + (size_t)(j / 64) * strip, src + j, sizeof(float) * (nb - j < 64 ? nb - j : 64));
+        } else {
             for (int j = 0; j < nb; j++)
-                d[j] = s->p[(size_t)(n0 + j) * s->ld + k0 + k];
-        else
-            pack_im2col_row(d, s, k0 + k, n0, nb);
+                d[(size_t)(j / 64) * strip + j % 64] = s->p[(size_t)(n0 + j) * s->ld + k0 + k];
+        }
     }
 }
 
@@ -275,6 +306,27 @@ typedef struct {
     int failed;        // a thread could not get its pack buffer
 } gemm_job;
 
+/* C[m0..m1, n..n+nb] += A[m0..m1, :] @ B[:, n..n+nb], B packed by k-blocks
+ * of kb x nbp (nb rounded up to whole strips). */
+static void gemm_panel(const gemm_job *j, const float *bpack, int m0, int m1, int n, int nb,
+                       int nbp)
+{
+    for (int m = m0; m < m1; m += MB) {
+        int mb = m1 - m < MB ? m1 - m : MB;
+        for (int k = 0; k < j->K; k += KB) {
+            int kb = j->K - k < KB ? j->K - k : KB;
+            const float *bk = bpack + (size_t)k * nbp;   // this k-block's strips
+            for (int s = 0; s < nb; s += 64) {
+                int w = nb - s < 64 ? nb - s : 64;
+                const float *bs = bk + (size_t)(s / 64) * kb * 64;
+                for (int i = 0; i < mb; i += 6)
+                    ukernel(mb - i < 6 ? mb - i : 6, w, kb, j->A + (size_t)(m + i) * j->lda + k,
+                            j->lda, 1, bs, 64, j->C + (size_t)(m + i) * j->ldc + n + s, j->ldc);
+            }
+        }
+    }
+}
+
 static void gemm_task(void *ctx, int tid, int nt)
 {
     gemm_job *j = ctx;
@@ -285,26 +337,20 @@ static void gemm_task(void *ctx, int tid, int nt)
         split_range(j->N, 64, tid, nt, &n0, &n1);
     if (m0 >= m1 || n0 >= n1)
         return;
-    float *pack = NULL;
-    if (j->b.kind != B_ROWS && !(pack = malloc(sizeof(float) * KB * NB))) {
+    // K x NB, with each k-block's strips padded to whole strips of 64
+    int nbmax = n1 - n0 < NB ? n1 - n0 : NB;
+    float *bpack = malloc(sizeof(float) * (size_t)j->K * ((nbmax + 63) / 64 * 64));
+    if (!bpack) {
         __atomic_store_n(&j->failed, 1, __ATOMIC_RELAXED);
         return;
     }
     for (int n = n0; n < n1; n += NB) {
-        int nb = n1 - n < NB ? n1 - n : NB;
-        for (int k = 0; k < j->K; k += KB) {
-            int kb = j->K - k < KB ? j->K - k : KB;
-            const float *B = j->b.p + (size_t)k * j->b.ld + n;
-            size_t ldb = j->b.ld;
-            if (pack) {
-                pack_b(pack, &j->b, k, kb, n, nb);
-                B = pack, ldb = nb;
-            }
-            gemm_block(m1 - m0, nb, kb, j->A + (size_t)m0 * j->lda + k, j->lda, B, ldb,
-                       j->C + (size_t)m0 * j->ldc + n, j->ldc);
-        }
+        int nb = n1 - n < NB ? n1 - n : NB, nbp = (nb + 63) / 64 * 64;
+        for (int k = 0; k < j->K; k += KB)
+            pack_b(bpack + (size_t)k * nbp, &j->b, k, j->K - k < KB ? j->K - k : KB, n, nb);
+        gemm_panel(j, bpack, m0, m1, n, nb, nbp);
     }
-    free(pack);
+    free(bpack);
 }
 
 /* C (M,N) += A (M,K) @ B (K,N) with B from `b`; returns 0, or -1 when scratch
