@@ -333,7 +333,9 @@ static bool hash_file(const char *path, char hex[65], long long *size)
 static void emit(run *R, json_t *rec, bool failed)
 {
     if (df_jsonl_write_fd(STDOUT_FILENO, rec) != DF_OK && !R->out_error) {
+        /* Records that cannot be written would be lost: stop the run. */
         R->out_error = true;
+        stop_flag = 1;
         df_error("cannot write output: %s", df_last_error());
     }
     if (failed)
@@ -713,7 +715,7 @@ int main(int argc, char **argv)
         R.out_error = true;
     if (R.n_failed)
         df_error("%lld of %lld records failed", R.n_failed, R.n_in);
-    if (stop_flag) {
+    if (stop_flag && !R.out_error) {
         df_error("interrupted: finished records written, partial downloads kept as .part");
         return 1;
     }

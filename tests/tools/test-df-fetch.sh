@@ -30,6 +30,7 @@ for i in range(20):
 open(f"{root}/big.bin", "wb").write(bytes(rnd.getrandbits(8) for _ in range(300000)))
 open(f"{root}/small.txt", "wb").write(b"hello\n")
 open(f"{root}/huge.bin", "wb").write(bytes(500000))
+open(f"{root}/d/sp ace.bin", "wb").write(b"space\n")
 EOF
 sha() { sha256sum "$1" | cut -c1-64; }
 BIG_SHA=$(sha "$T/srv/big.bin")
@@ -98,6 +99,8 @@ cat > "$T/in1.jsonl" <<EOF
 {"url":"$U/small.txt?status=503&retry_after=date:2","file_name":"ra2.txt"}
 {"url":"$U/d/f03.bin","file_name":"../escape.bin"}
 {"url":"$U/d/"}
+{"url":"$U/d/sp%20ace.bin?q=1#frag"}
+{"url":"$U/d/a%2Fb.bin"}
 {"url":"ftp://127.0.0.1/x","file_name":"ftp.bin"}
 this line is not json
 EOF
@@ -176,8 +179,10 @@ case "$(err_of x=maxbytes)" in *too\ large*) ok "--max-bytes refuses";; *) fail 
 case "$(field "$T/out1" /d/f03.bin error)" in *unsafe*) ok "../ file_name refused";; *) fail "escape accepted";; esac
 expect_reqs 0 /d/f03.bin "" "refused record sent nothing"
 case "$(field "$T/out1" /d/ error)" in *file\ name*) ok "url without a file name refused";; *) fail "dir url: $(field "$T/out1" /d/ error)";; esac
+[ "$(field "$T/out1" '?q=1#frag' file_name)" = "sp ace.bin" ] && [ "$(cat "$T/o1/sp ace.bin")" = space ] && ok "percent-decoded name" || fail "sp%20ace"
+case "$(field "$T/out1" a%2Fb.bin error)" in *file\ name*) ok "name decoding to a/b refused";; *) fail "a%2Fb accepted";; esac
 case "$(field "$T/out1" /x error)" in *http*) ok "ftp:// refused";; *) fail "ftp: $(field "$T/out1" /x error)";; esac
-grep -q '"input_line":19' "$T/out1" && ok "malformed line passed on with error" || fail "malformed line lost"
+grep -q '"input_line":21' "$T/out1" && ok "malformed line passed on with error" || fail "malformed line lost"
 # Retry-After: exactly one retry, no sooner than the server asked.
 $PY - "$T/log" <<'EOF' && ok "Retry-After (seconds and HTTP-date) honored" || fail "Retry-After not honored"
 import json, sys
@@ -276,6 +281,10 @@ EOF
 # ---- --strict ---------------------------------------------------------------
 echo "{\"url\":\"$U/nope\"}" | "$FETCH" --out "$T/o9" --strict > /dev/null 2>&1; rc=$?
 [ $rc = 1 ] && ok "--strict: failed record -> exit 1" || fail "--strict rc $rc"
+
+# ---- output that cannot be written is a failed run ------------------------
+echo "{\"url\":\"$U/small.txt?full=1\",\"file_name\":\"full.txt\"}" | "$FETCH" --out "$T/o9" > /dev/full 2> "$T/err9"; rc=$?
+[ $rc = 1 ] && grep -q "cannot write output" "$T/err9" && ok "/dev/full: exit 1 with a message" || fail "/dev/full rc $rc"
 
 # ---- man page examples (same commands as in man/df-fetch.1) --------------
 mkdir -p "$T/ex" && cd "$T/ex"
