@@ -26,6 +26,11 @@ endif
 # bin/ stays for the normal build; the sanitized build keeps its own copy.
 BIN := $(if $(filter 1,$(SAN)),$(BUILD)/bin,bin)
 
+# Per-file flags: CFLAGS_<basename>. The resampler's inner loops run over
+# independent samples, so -O3's loop vectorizer speeds them up without
+# reordering any sum (results are bit-identical to -O2).
+CFLAGS_image_resize := -O3
+
 LIB_SRC  := $(wildcard lib/*.c)
 LIB_OBJ  := $(patsubst lib/%.c,$(BUILD)/lib/%.o,$(LIB_SRC))
 ifeq ($(CUDA),1)

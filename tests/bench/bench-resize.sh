@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# bench-resize.sh - df-resize throughput (images/s) on N generated 1024x1024
+# JPEGs -> 768x768 JPEG q95 (center crop, Lanczos), at -j1 and -j2, next to
+# Pillow doing the same open, Lanczos resize and q95 save in one process
+# (one core). Rates are given per wall second and per CPU-second (user +
+# sys, the per-core cost, which neighbours on a shared machine do not
+# change); the Pillow ratio is taken per CPU-second. Then the DCT-scaling trade-off at 1024 -> 256: throughput with
+# and without it, and the PSNR between the two results. Prints figures,
+# asserts nothing. N: DF_BENCH_RESIZE_N (default 200).
+set -u
+: "${DF_BIN:=$(cd "$(dirname "$0")/../.." && pwd)/bin}"
+R="$DF_BIN/df-resize"
+PY=/usr/bin/python3
+N=${DF_BENCH_RESIZE_N:-200}
+T=$(mktemp -d /tmp/df-bench-resize-XXXXXX)
+trap 'rm -rf "$T"' EXIT
+[ -x "$R" ] || { echo "bench-resize: $R not built"; exit 0; }
+$PY -c 'import PIL, numpy' 2>/dev/null || { echo "bench-resize: needs python3-pil and python3-numpy"; exit 0; }
+
+# Photo-like inputs: 8 generated bases, the rest shifted and recolored
+# copies of them (cheap to make, still different files to decode).
+$PY - "$T/in" "$N" <<'EOF'
+import os, sys
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+out, n = sys.argv[1], int(sys.argv[2])
+os.makedirs(out)
+def base(seed, s=1024):
+    r = np.random.default_rng(seed)
+    y, x = np.mgrid[0:s, 0:s].astype(np.float32)
+    a = np.full((s, s, 3), 128, np.float32)
+    for c in range(3):
+        for _ in range(5):
+            fx, fy = r.uniform(0.002, 0.04, 2)
+            a[..., c] += r.uniform(10, 35) * np.sin(6.28 * (x * fx + y * fy) + r.uniform(0, 6.28))
+    im = Image.fromarray(np.clip(a, 0, 255).astype(np.uint8))
+    d = ImageDraw.Draw(im)
+    for _ in range(40):
+        x0, y0 = int(r.integers(0, s)), int(r.integers(0, s))
+        d.ellipse([x0, y0, x0 + int(r.integers(8, s // 4)), y0 + int(r.integers(8, s // 4))],
+                  fill=tuple(int(v) for v in r.integers(0, 255, 3)))
+    im = im.filter(ImageFilter.GaussianBlur(1.0))
+    return np.asarray(im).astype(np.int16) + r.normal(0, 3, (s, s, 3)).astype(np.int16)
+bases = [base(i) for i in range(min(8, n))]
+for i in range(n):
+    a = np.roll(bases[i % len(bases)], (i * 37) % 1024, axis=1) + (i % 11) - 5
+    Image.fromarray(np.clip(a, 0, 255).astype(np.uint8)).save(f"{out}/img{i:04d}.jpg", quality=90)
+EOF
+
+rate() {   # label, command...: runs it; prints images/s of wall time and per CPU-second
+    local label=$1; shift
+    local TIMEFORMAT='%R %U %S'
+    { time "$@" >/dev/null 2>"$T/err"; } 2>"$T/time" || { echo "$label: failed: $(tail -1 "$T/err")"; return; }
+    awk -v n="$N" -v l="$label" '{ printf "%-40s %7.1f images/s wall, %7.1f images per CPU-second (%.2f s, cpu %.2f s)\n", l, n / $1, n / ($2 + $3), $1, $2 + $3 }' "$T/time"
+}
+
+echo "$N images 1024x1024 JPEG -> 768x768 JPEG q95, center crop, Lanczos; $(nproc) CPUs (shared)"
+rate "df-resize -j1" "$R" --root "$T/in" --scan --out "$T/o1" --quiet -j 1 | tee "$T/r1"
+rate "df-resize -j2" "$R" --root "$T/in" --scan --out "$T/o2" --quiet -j 2 | tee "$T/r2"
+cat >"$T/pil.py" <<'EOF'
+import os, sys
+from PIL import Image, ImageOps
+src, dst = sys.argv[1], sys.argv[2]
+os.makedirs(dst, exist_ok=True)
+for f in sorted(os.listdir(src)):
+    im = Image.open(os.path.join(src, f)).convert("RGB")
+    ImageOps.fit(im, (768, 768), Image.LANCZOS).save(os.path.join(dst, f), quality=95)
+EOF
+rate "Pillow $($PY -c 'import PIL; print(PIL.__version__)') (one process)" $PY "$T/pil.py" "$T/in" "$T/op" | tee "$T/rp"
+# On a shared machine wall time depends on the neighbours; CPU time per
+# image is the per-core cost, so the ratio is taken on it.
+awk 'FNR == 1 { w[FILENAME] = $(NF - 10); c[FILENAME] = $(NF - 7) }
+     END { printf "per core (images per CPU-second): df-resize -j1 / Pillow = %.2fx, -j2 / Pillow = %.2fx; wall -j2 / -j1 = %.2fx\n",
+           c[ARGV[1]] / c[ARGV[3]], c[ARGV[2]] / c[ARGV[3]], w[ARGV[2]] / w[ARGV[1]] }' "$T/r1" "$T/r2" "$T/rp"
+echo "DCT scaling at 1024 -> 256 (decode at 1/2: 512, then Lanczos), PNG out, -j1:"
+rate "df-resize --size 256" "$R" --root "$T/in" --scan --out "$T/d1" --quiet --size 256 --format png
+rate "df-resize --size 256 --no-dct-scaling" "$R" --root "$T/in" --scan --out "$T/d0" --quiet --size 256 --format png --no-dct-scaling
+$PY - "$T/d1" "$T/d0" <<'EOF'
+import math, os, sys
+import numpy as np
+from PIL import Image
+ps = []
+for f in sorted(os.listdir(sys.argv[1])):
+    a = np.asarray(Image.open(os.path.join(sys.argv[1], f)), np.float64)
+    b = np.asarray(Image.open(os.path.join(sys.argv[2], f)), np.float64)
+    ps.append(10 * math.log10(255 ** 2 / max(((a - b) ** 2).mean(), 1e-12)))
+print(f"PSNR DCT-scaled vs full decode: mean {np.mean(ps):.1f} dB, min {np.min(ps):.1f} dB")
+EOF
