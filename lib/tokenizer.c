@@ -965,7 +965,8 @@ df_status df_tokenizer_encode_len(const df_tokenizer *t, const char *text, size_
         return st;
     size_t L = (size_t)t->max_length, keep = n < L - 2 ? n : L - 2;
     ids[0] = t->bos;
-    memcpy(ids + 1, bpe, keep * sizeof *ids);
+    if (keep)
+        memcpy(ids + 1, bpe, keep * sizeof *ids);
     ids[keep + 1] = t->eos;
     for (size_t i = keep + 2; i < L; i++)
         ids[i] = t->pad;
