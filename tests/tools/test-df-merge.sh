@@ -213,6 +213,9 @@ check "ex3" [ $? -eq 0 ] && check "ex3 out" [ "$(wc -l <ex/bob.jsonl)" = 2 ]
 (cd ex && "$M" --source ffhq alice/metadata.jsonl \
     --source laion-face bob/metadata.jsonl > all.jsonl 2>/dev/null)
 check "ex4" [ "$(field ex/all.jsonl green.png source)" = ffhq ] && check "ex4 b" [ "$(field ex/all.jsonl other.jpg source)" = laion-face ]
+# diffyface(7)'s example.
+(cd ex && "$M" --verify --out dataset7 alice/metadata.jsonl bob/metadata.jsonl 2>/dev/null)
+check "diffyface.7 example" [ $? -eq 0 ] && check "diffyface.7 example out" [ "$(wc -l <ex/dataset7/metadata.jsonl)" = 3 ]
 
 echo "test-df-merge: $fails failed"
 [ "$fails" -eq 0 ]
