@@ -190,15 +190,30 @@ ukernel_tile(const int MR, const int NV, __mmask16 last, int kb, const float *A,
         }                                                                                   \
         break;
 
+#define TILE_CASE1(MR)                                                                      \
+    case MR:                                                                                \
+        switch (nv) {                                                                       \
+        case 1: ukernel_tile(MR, 1, last, kb, A, ars, 1, B, ldb, C, ldc); break;           \
+        case 2: ukernel_tile(MR, 2, last, kb, A, ars, 1, B, ldb, C, ldc); break;           \
+        case 3: ukernel_tile(MR, 3, last, kb, A, ars, 1, B, ldb, C, ldc); break;           \
+        default: ukernel_tile(MR, 4, last, kb, A, ars, 1, B, ldb, C, ldc); break;          \
+        }                                                                                   \
+        break;
+
 __attribute__((target("avx512f"))) static void
 ukernel_avx512(int mr, int w, int kb, const float *A, size_t ars, size_t aks, const float *B,
                size_t ldb, float *C, size_t ldc)
 {
     int nv = (w + 15) / 16;
     __mmask16 last = (__mmask16)(w % 16 ? (1u << (w % 16)) - 1 : 0xFFFF);
-    // the full 6x64 tile with packed A is the hot case: give it constant strides
-    if (mr == 6 && nv == 4 && ars == 1 && aks == 6) {
-        ukernel_tile(6, 4, last, kb, A, 1, 6, B, ldb, C, ldc);
+    // A is always row-major now (aks == 1): a constant lets the compiler
+    // step six row pointers instead of multiplying in the loop
+    if (aks == 1) {
+        switch (mr) {
+            TILE_CASE1(1) TILE_CASE1(2) TILE_CASE1(3) TILE_CASE1(4) TILE_CASE1(5)
+        default:
+            TILE_CASE1(6)
+        }
         return;
     }
     switch (mr) {
@@ -474,6 +489,37 @@ static float exp_shift_sum(float *y, const float *x, float m, int n)
     return s;
 }
 
+/* x[j] *= scale for j < n; returns the largest of the scaled values. */
+__attribute__((target("avx512f"))) static float scale_max_avx512(float *x, float scale, int n)
+{
+    __m512 vs = _mm512_set1_ps(scale), mx = _mm512_set1_ps(-INFINITY);
+    int j = 0;
+    for (; j + 16 <= n; j += 16) {
+        __m512 e = _mm512_mul_ps(_mm512_loadu_ps(x + j), vs);
+        _mm512_storeu_ps(x + j, e);
+        mx = _mm512_max_ps(mx, e);
+    }
+    if (j < n) {
+        __mmask16 k = (__mmask16)((1u << (n - j)) - 1);
+        __m512 e = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, x + j), vs);
+        _mm512_mask_storeu_ps(x + j, k, e);
+        mx = _mm512_mask_max_ps(mx, k, mx, e);
+    }
+    return _mm512_reduce_max_ps(mx);
+}
+
+static float scale_max(float *x, float scale, int n)
+{
+    if (df_ops_simd())
+        return scale_max_avx512(x, scale, n);
+    float mx = -INFINITY;
+    for (int j = 0; j < n; j++) {
+        x[j] *= scale;
+        mx = x[j] > mx ? x[j] : mx;
+    }
+    return mx;
+}
+
 /* -------------------------------------------------------------- attention */
 
 enum { AQ = 64, AK = 256 };   // query rows and keys per attention tile
@@ -486,7 +532,7 @@ typedef struct {
     int failed;
 } attn_job;
 
-/* Per-thread scratch: K^T of one head (HS, Tk), the score tile (AQ, AK), the
+/* Per-thread scratch: K^T of one head in key tiles (see attn_task), the score tile (AQ, AK), the
  * output accumulators (AQ, HS) and the running row max and sum. */
 typedef struct { float *kt, *s, *o, *m, *l; } attn_scratch;
 
@@ -498,19 +544,15 @@ static void attn_tile(const attn_job *J, attn_scratch *w, int b, int h, int i0, 
     int C = J->NH * J->HS, HS = J->HS;
     const float *qb = J->q + ((size_t)b * J->Tq + i0) * C + (size_t)h * HS;
     const float *vb = J->v + ((size_t)b * J->Tk + j0) * C + (size_t)h * HS;
-    // s (nq, nk) = q (nq, HS) @ kt[:, j0..j0+nk] (HS, nk)
+    // s (nq, nk) = q (nq, HS) @ kt tile of keys j0.. (HS, AK)
     memset(w->s, 0, sizeof(float) * nq * AK);
-    gemm_block(nq, nk, HS, qb, (size_t)C, w->kt + j0, (size_t)J->Tk, w->s, AK);
+    gemm_block(nq, nk, HS, qb, (size_t)C, w->kt + (size_t)(j0 / AK) * HS * AK, AK, w->s, AK);
     for (int r = 0; r < nq; r++) {
         float *s = w->s + (size_t)r * AK;
         int i = i0 + r;
         int valid = J->causal ? (i + 1 < J->Tk ? i + 1 : J->Tk) - j0 : nk;
         valid = valid < 0 ? 0 : valid > nk ? nk : valid;
-        float mx = -INFINITY;
-        for (int j = 0; j < valid; j++) {
-            s[j] *= J->scale;
-            mx = s[j] > mx ? s[j] : mx;
-        }
+        float mx = scale_max(s, J->scale, valid);
         for (int j = valid; j < nk; j++)
             s[j] = 0.0f;   // masked keys weigh nothing
         if (valid == 0)
@@ -553,7 +595,8 @@ static void attn_task(void *ctx, int tid, int nt)
     split_range(items, 1, tid, nt, &lo, &hi);
     if (lo >= hi)
         return;
-    attn_scratch w = {malloc(sizeof(float) * HS * J->Tk), malloc(sizeof(float) * AQ * AK),
+    size_t ktiles = (size_t)(J->Tk + AK - 1) / AK;
+    attn_scratch w = {malloc(sizeof(float) * HS * AK * ktiles), malloc(sizeof(float) * AQ * AK),
                       malloc(sizeof(float) * AQ * HS), malloc(sizeof(float) * AQ),
                       malloc(sizeof(float) * AQ)};
     if (!w.kt || !w.s || !w.o || !w.m || !w.l) {
@@ -563,11 +606,16 @@ static void attn_task(void *ctx, int tid, int nt)
     int cur_bh = -1;
     for (int it = lo; it < hi; it++) {
         int bh = it / nqb, qb = it % nqb, b = bh / J->NH, h = bh % J->NH;
-        if (bh != cur_bh) {   // kt (HS, Tk) = this head's keys, transposed
+        if (bh != cur_bh) {
+            // this head's keys transposed, in tiles of AK keys: tile t holds
+            // (d, j) at t*HS*AK + d*AK + j%AK, so a tile's rows sit 1 KiB apart
+            // (rows Tk floats apart would all fall into the same cache sets)
             const float *kb = J->k + (size_t)b * J->Tk * C + (size_t)h * HS;
-            for (int j = 0; j < J->Tk; j++)
+            for (int j = 0; j < J->Tk; j++) {
+                float *dst = w.kt + (size_t)(j / AK) * HS * AK + j % AK;
                 for (int d = 0; d < HS; d++)
-                    w.kt[(size_t)d * J->Tk + j] = kb[(size_t)j * C + d];
+                    dst[(size_t)d * AK] = kb[(size_t)j * C + d];
+            }
             cur_bh = bh;
         }
         int i0 = qb * AQ;
