@@ -554,8 +554,8 @@ double df_sched_sigma_to_t(const df_scheduler *s, double sigma)
             low = k;
     if (low > n - 2)
         low = n - 2;
-    double lo = logf(df_sched_train_sigma(s, low)), hi = logf(df_sched_train_sigma(s, low + 1));
-    double w = (lo - ls) / (lo - hi);
+    float lo = logf(df_sched_train_sigma(s, low)), hi = logf(df_sched_train_sigma(s, low + 1));
+    double w = ((double)lo - ls) / (double)(lo - hi);   /* numpy: float32 - float32 stays float32 */
     w = w < 0 ? 0 : w > 1 ? 1 : w;
     return (1 - w) * low + w * (low + 1);
 }
