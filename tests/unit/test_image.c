@@ -3,6 +3,7 @@
  * with and without Adobe inversion, YCCK, EXIF orientations 1-8 in both
  * byte orders; PNG 1/4/8/16-bit, palette + tRNS, gray + alpha, RGBA,
  * interlaced), broken inputs (truncated, corrupt, CRC errors, zero bytes,
+ * a progressive JPEG with 631 scans (CPU bomb),
  * not an image, headers claiming 100000 x 100000), encoders, and the
  * resampler's properties (constants stay constant, identity, mirror
  * symmetry, antialiasing of a 1-pixel checkerboard, crops, pads).
@@ -25,6 +26,8 @@ typedef struct {
     J_COLOR_SPACE in_cs, jpeg_cs;
     int comps;
     bool progressive, no_adobe, full_chroma;
+    const jpeg_scan_info *scans;  /* a custom progressive scan script */
+    int nscans;
     const uint8_t *app1;
     size_t app1_len;
 } jopt;
@@ -53,6 +56,10 @@ static uint8_t *write_jpeg(const uint8_t *px, int w, int h, const jopt *o, size_
             ci.comp_info[c].h_samp_factor = ci.comp_info[c].v_samp_factor = 1;
     if (o->progressive)
         jpeg_simple_progression(&ci);
+    if (o->scans) {
+        ci.scan_info = o->scans;
+        ci.num_scans = o->nscans;
+    }
     jpeg_start_compress(&ci, TRUE);
     if (o->app1)
         jpeg_write_marker(&ci, JPEG_APP0 + 1, o->app1, (unsigned)o->app1_len);
@@ -332,6 +339,51 @@ static void test_exif(void)
     df_image_free(&im);
     free(jpg);
     free(px);
+}
+
+/* Progressive grayscale scan script: DC, then each AC coefficient k in
+ * 1..bands alone, first at Al = 9 and refined down to Al = 0 (10 scans per
+ * coefficient). Valid JPEG, but bands = 63 gives 631 scans. */
+static int scan_script(jpeg_scan_info *s, int bands)
+{
+    int n = 0;
+    s[n++] = (jpeg_scan_info){ .comps_in_scan = 1, .Ss = 0, .Se = 0, .Ah = 0, .Al = 0 };
+    for (int k = 1; k <= 63; k++) {
+        if (k > bands) {   /* the rest in one scan, so every coefficient is sent */
+            s[n++] = (jpeg_scan_info){ .comps_in_scan = 1, .Ss = k, .Se = 63, .Ah = 0, .Al = 0 };
+            break;
+        }
+        s[n++] = (jpeg_scan_info){ .comps_in_scan = 1, .Ss = k, .Se = k, .Ah = 0, .Al = 9 };
+        for (int al = 8; al >= 0; al--)
+            s[n++] = (jpeg_scan_info){ .comps_in_scan = 1, .Ss = k, .Se = k, .Ah = al + 1, .Al = al };
+    }
+    return n;
+}
+
+static void test_scan_bomb(void)
+{
+    static jpeg_scan_info scans[700];
+    int w = 16, h = 16;
+    uint8_t g[16 * 16];
+    for (int i = 0; i < w * h; i++)
+        g[i] = (uint8_t)(i * 3);
+    for (int bands = 5; bands <= 63; bands += 58) {
+        int ns = scan_script(scans, bands);
+        jopt o = { .in_cs = JCS_GRAYSCALE, .comps = 1, .scans = scans, .nscans = ns };
+        size_t n;
+        uint8_t *jpg = write_jpeg(g, w, h, &o, &n);
+        df_image im;
+        df_status st = df_image_decode_mem(jpg, n, NULL, &im);
+        if (ns <= 500) {
+            CHECK_MSG(st == DF_OK, "%d scans: %s", ns, df_last_error());
+            CHECK(st || near_rgb(pix(&im, 7, 3), 165, 165, 165, 3));   /* g[3 * 16 + 7] */
+            df_image_free(&im);
+        } else {
+            CHECK_MSG(st == DF_ERR_FORMAT && strstr(df_last_error(), "scans"), "%d scans: %s", ns,
+                      df_last_error());
+        }
+        free(jpg);
+    }
 }
 
 static void test_dct_scaling(void)
@@ -731,6 +783,7 @@ int main(void)
     test_jpeg_basic();
     test_jpeg_gray_cmyk();
     test_exif();
+    test_scan_bomb();
     test_dct_scaling();
     test_png_formats();
     test_png_broken();
