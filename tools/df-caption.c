@@ -65,6 +65,8 @@ static const char usage_text[] =
     "      --shard K/N        only records with index %% N == K-1\n"
     "      --shard-by index|name  shard by record index (default) or by a hash of file_name\n"
     "      --resume FILE      skip file_names already captioned in FILE (text, no error)\n"
+    "      --pending          send nothing: write the selected records that still\n"
+    "                         need a caption, unchanged (to feed other machines)\n"
     "      --retries N        retries on 429, 5xx and transport errors (default 3)\n"
     "      --retry-wait S     first backoff in seconds, doubling (default 1)\n"
     "      --timeout S        per-attempt timeout in seconds (default 120)\n"
@@ -77,7 +79,7 @@ typedef enum { SHARD_BY_INDEX, SHARD_BY_NAME } shard_mode;
 
 typedef struct {
     const char *root, *endpoint, *model, *api_key_env, *prompt, *resume;
-    bool no_auth, strict;
+    bool no_auth, strict, pending_only;
     int jobs, max_tokens, max_side, retries, shard_k, shard_n;
     double rpm, temperature, timeout, retry_wait;
     bool has_temperature;
@@ -441,7 +443,9 @@ static item *make_item(reader_ctx *c, json_t *rec)
     }
     it->rec = rec;
     it->kind = ITEM_EMIT;
-    if (json_object_get(rec, "error")) {
+    if (c->o->pending_only) {
+        /* listed as it is; the machine that captions it judges it */
+    } else if (json_object_get(rec, "error")) {
         it->failed = true;              /* failed upstream: pass it on */
     } else if (!name) {
         df_rec_set_error(rec, "no file_name");
@@ -700,7 +704,7 @@ enum {
     OPT_ENDPOINT = 256, OPT_API_KEY_ENV, OPT_NO_AUTH, OPT_PROMPT, OPT_PROMPT_FILE, OPT_RPM,
     OPT_MAX_TOKENS, OPT_TEMPERATURE, OPT_MAX_SIDE, OPT_START, OPT_END, OPT_SHARD,
     OPT_SHARD_BY, OPT_RESUME, OPT_RETRIES, OPT_RETRY_WAIT, OPT_TIMEOUT, OPT_STRICT,
-    OPT_PROGRESS
+    OPT_PROGRESS, OPT_PENDING
 };
 
 static const struct option long_opts[] = {
@@ -714,7 +718,7 @@ static const struct option long_opts[] = {
     {"max-side", required_argument, 0, OPT_MAX_SIDE}, {"start", required_argument, 0, OPT_START},
     {"end", required_argument, 0, OPT_END}, {"shard", required_argument, 0, OPT_SHARD},
     {"shard-by", required_argument, 0, OPT_SHARD_BY},
-    {"resume", required_argument, 0, OPT_RESUME}, {"retries", required_argument, 0, OPT_RETRIES},
+    {"resume", required_argument, 0, OPT_RESUME}, {"pending", no_argument, 0, OPT_PENDING}, {"retries", required_argument, 0, OPT_RETRIES},
     {"retry-wait", required_argument, 0, OPT_RETRY_WAIT},
     {"timeout", required_argument, 0, OPT_TIMEOUT}, {"strict", no_argument, 0, OPT_STRICT},
     {"quiet", no_argument, 0, 'q'}, {"progress", no_argument, 0, OPT_PROGRESS},
@@ -763,6 +767,7 @@ static void parse_option(int c, options *o, const char **prompt_file)
         o->shard_by = strcmp(optarg, "name") ? SHARD_BY_INDEX : SHARD_BY_NAME;
         break;
     case OPT_RESUME: o->resume = optarg; break;
+    case OPT_PENDING: o->pending_only = true; break;
     case OPT_RETRIES: o->retries = (int)parse_ll("--retries", optarg, 0, 100); break;
     case OPT_RETRY_WAIT: o->retry_wait = parse_num("--retry-wait", optarg, 0, 3600); break;
     case OPT_TIMEOUT: o->timeout = parse_num("--timeout", optarg, 0.001, 1e6); break;
@@ -860,7 +865,7 @@ static void install_signals(void)
 
 static const char *api_key_or_die(const options *o)
 {
-    if (o->no_auth)
+    if (o->no_auth || o->pending_only)
         return NULL;
     const char *key = getenv(o->api_key_env);
     if (!key || !key[0]) {
@@ -896,6 +901,9 @@ static int finish(run_state *rs, queue *q, reader_ctx *rc)
     }
     if (rs->failed > 0)
         df_error("%lld of %lld records failed", rs->failed, rs->captioned + rs->failed);
+    else if (rs->o->pending_only && rs->o->progress != DF_PROGRESS_NEVER)
+        df_error("%lld records pending, %lld already captioned", rs->captioned,
+                 rc->skipped_resume);
     else if (rs->o->progress != DF_PROGRESS_NEVER)
         df_error("%lld captioned, %lld skipped as already captioned", rs->captioned,
                  rc->skipped_resume);

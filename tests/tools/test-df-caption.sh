@@ -16,6 +16,7 @@ T=$(mktemp -d /tmp/df-test-caption.XXXXXX)
 SPIDS=()
 cleanup() { for p in "${SPIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$T"; }
 trap cleanup EXIT
+[ -n "${KEEP:-}" ] && trap - EXIT
 fail() { echo "FAIL: $*" >&2; exit 1; }
 
 export DF_TEST_KEY=sk-test-ZX81-secret-9f3a
@@ -348,5 +349,38 @@ if len(texts) != 40 or len(set(texts)) != 40:
 print("sigterm ok: %d done before the signal, %d after" % (len(done), len(b)))
 EOF
 check "$T/out10" "$T/log9"
+stop_server
+echo "--- pipelines/caption.sh: per-machine shards, then GNU parallel over --sshloginfile"
+cp "$T/all.jsonl" "$T/img/metadata.jsonl"
+printf '{"04.png": ["503", "503"]}' > "$T/faults3.json"
+start_server "$T/log10" --model "$MODEL" --api-key "$DF_TEST_KEY" --faults "$T/faults3.json"
+export API_KEY_ENV=DF_TEST_KEY CAPTION_FLAGS="--endpoint $URL --model $MODEL --retries 1 --retry-wait 0.05"
+set +e; SHARD=1/2 bash pipelines/caption.sh "$T/img" 2> "$T/err12"; rc=$?; set -e
+[ $rc -eq 1 ] && grep -q '1 records still without a caption' "$T/err12" || fail "shard 1/2 with a failure: rc $rc"
+SHARD=1/2 bash pipelines/caption.sh "$T/img" 2> "$T/err12" || fail "shard 1/2 rerun"
+SHARD=2/2 bash pipelines/caption.sh "$T/img" 2> "$T/err12" || fail "shard 2/2"
+cat "$T/img/captions-1-of-2.jsonl" "$T/img/captions-2-of-2.jsonl" > "$T/shards.jsonl"
+$PY - "$T/shards.jsonl" "$T/log10" <<'EOF' || fail "pipeline shards"
+import json, sys
+recs = [json.loads(l) for l in open(sys.argv[1])]
+log = [json.loads(l) for l in open(sys.argv[2])]
+texts = [r["file_name"] for r in recs if "text" in r]
+if len(texts) != 40 or len(set(texts)) != 40:
+    sys.exit("%d captions, %d distinct" % (len(texts), len(set(texts))))
+n = {}
+for e in log:
+    n[e["file"]] = n.get(e["file"], 0) + 1
+if any(c != 1 for f, c in n.items() if f != "04.png") or n.get("04.png") != 3:
+    sys.exit("requests per file: %s" % n)
+print("pipeline shards ok")
+EOF
+: > "$T/log10"
+printf ':\n:\n' > "$T/hosts.txt"
+HOSTS=$T/hosts.txt CHUNK=7 OUT=$T/img/all-captions.jsonl bash pipelines/caption.sh "$T/img" 2> "$T/err13" ||
+    fail "pipeline over hosts: $(cat "$T/err13")"
+check "$T/img/all-captions.jsonl" "$T/log10" inputs="$T/all.jsonl" all_text=1 one_request_each=1
+HOSTS=$T/hosts.txt OUT=$T/img/all-captions.jsonl bash pipelines/caption.sh "$T/img" 2> "$T/err13" || fail "rerun"
+[ "$(wc -l < "$T/log10")" -eq 40 ] && [ "$(wc -l < "$T/img/all-captions.jsonl")" -eq 40 ] || fail "pipeline rerun sent or wrote again"
+unset API_KEY_ENV CAPTION_FLAGS
 stop_server
 echo "all df-caption tests passed"
