@@ -395,8 +395,13 @@ static df_conv2d_geom down_geom(int pad)
 
 void df_nn_downsample_size(int pad, int H, int W, int *OH, int *OW)
 {
+    // 0 where the padded input is smaller than the kernel (PyTorch refuses those)
     df_conv2d_geom g = down_geom(pad);
     df_conv2d_out_size(&g, H, W, OH, OW);
+    if (H + g.pad_t + g.pad_b < g.K)
+        *OH = 0;
+    if (W + g.pad_l + g.pad_r < g.K)
+        *OW = 0;
 }
 
 void df_nn_downsample_forward(const df_nn_lin *conv, int pad, float *out, const float *x, int B,

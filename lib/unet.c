@@ -547,6 +547,13 @@ static df_status check_args(const df_unet *u, int B, int h, int w, int T)
 {
     if (B < 1 || B > 4096 || h < 1 || h > 16384 || w < 1 || w > 16384 || T < 1 || T > 65536)
         return df_fail(DF_ERR_ARG, "unet: bad input size B=%d h=%d w=%d T=%d", B, h, w, T);
+    for (int i = 0, H = h, W = w; i < u->nblocks; i++)
+        if (u->down[i].has_sampler) {
+            df_nn_downsample_size(u->down_pad, H, W, &H, &W);
+            if (H < 1 || W < 1)
+                return df_fail(DF_ERR_ARG, "unet: latent %dx%d too small for %d downsamplers",
+                               h, w, u->nblocks - 1);
+        }
     return DF_OK;
 }
 
