@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -68,7 +69,12 @@ typedef struct job {
     char want_sha[65];      /* lower-case hex, "" when not given */
     long long want_bytes;   /* -1 when not given */
     bool registered;        /* file_name entered in run->active */
+    char *wbuf;             /* body bytes not yet written (curl hands out 16 KiB
+                               pieces; one write per WBUF_SIZE saves syscalls) */
+    size_t wlen;
 } job;
+
+#define WBUF_SIZE (256u * 1024)
 
 typedef struct run {
     options opt;
@@ -350,13 +356,41 @@ static void emit_error(run *R, json_t *rec, const char *fmt, const char *arg)
     emit(R, rec, true);
 }
 
+static bool write_all(int fd, const char *p, size_t n)
+{
+    while (n) {
+        ssize_t w = write(fd, p, n);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w < 0)
+            return false;
+        p += w;
+        n -= (size_t)w;
+    }
+    return true;
+}
+
+/* Write out the buffered bytes; false (with df_fail detail) on error. */
+static bool flush_part(job *J)
+{
+    bool ok = write_all(J->fd, J->wbuf, J->wlen);
+    J->wlen = 0;
+    if (!ok)
+        df_fail(DF_ERR_IO, "write %s: %s", J->part_path, strerror(errno));
+    return ok;
+}
+
 static void job_free(job *J)
 {
-    if (J->fd >= 0)
+    if (J->fd >= 0) {
+        if (J->wlen)      /* keep every received byte in the .part for a resume */
+            flush_part(J);
         close(J->fd);
+    }
     if (J->registered)
         json_object_del(J->run->active, J->file_name);
     EVP_MD_CTX_free(J->md);
+    free(J->wbuf);
     free(J->file_name);
     free(J->final_path);
     free(J->part_path);
@@ -366,19 +400,22 @@ static void job_free(job *J)
 static bool sink_write(void *user, const void *data, size_t n)
 {
     job *J = user;
-    const char *p = data;
-    while (n) {
-        ssize_t w = write(J->fd, p, n);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w < 0) {
+    EVP_DigestUpdate(J->md, data, n);
+    if (!J->wbuf && !(J->wbuf = malloc(WBUF_SIZE))) {
+        df_fail(DF_ERR_NOMEM, "out of memory");
+        return false;
+    }
+    if (J->wlen + n > WBUF_SIZE && !flush_part(J))
+        return false;
+    if (n >= WBUF_SIZE) {
+        if (!write_all(J->fd, data, n)) {
             df_fail(DF_ERR_IO, "write %s: %s", J->part_path, strerror(errno));
             return false;
         }
-        EVP_DigestUpdate(J->md, p, (size_t)w);
-        p += w;
-        n -= (size_t)w;
+        return true;
     }
+    memcpy(J->wbuf + J->wlen, data, n);
+    J->wlen += n;
     return true;
 }
 
@@ -386,6 +423,7 @@ static bool sink_write(void *user, const void *data, size_t n)
 static bool sink_rewind(void *user, uint64_t at)
 {
     job *J = user;
+    J->wlen = 0;
     if (at != 0 || ftruncate(J->fd, 0) != 0 || lseek(J->fd, 0, SEEK_SET) != 0 ||
         !EVP_DigestInit_ex(J->md, EVP_sha256(), NULL)) {
         df_fail(DF_ERR_IO, "cannot restart %s: %s", J->part_path, strerror(errno));
@@ -405,7 +443,9 @@ static void finish_ok(job *J, const df_http_result *r)
     long long size = (long long)r->offset;
     char msg[256];
     msg[0] = 0;
-    if (!hex[0])
+    if (!flush_part(J))
+        snprintf(msg, sizeof msg, "%s", df_last_error());
+    else if (!hex[0])
         snprintf(msg, sizeof msg, "sha256 failed");
     else if (J->want_bytes >= 0 && size != J->want_bytes)
         snprintf(msg, sizeof msg, "size mismatch: got %lld bytes, expected %lld", size, J->want_bytes);
@@ -484,6 +524,12 @@ static long long open_part(job *J)
     J->fd = open(J->part_path, O_RDWR | O_CREAT | O_CLOEXEC, 0666);
     if (J->fd < 0) {
         df_fail(DF_ERR_IO, "open %s: %s", J->part_path, strerror(errno));
+        return -1;
+    }
+    /* Another df-fetch (a GNU parallel sibling given the same file_name)
+     * may be writing this .part: never write it from two processes. */
+    if (flock(J->fd, LOCK_EX | LOCK_NB) != 0) {
+        df_fail(DF_ERR_IO, "%s is being written by another process", J->part_path);
         return -1;
     }
     struct stat st;

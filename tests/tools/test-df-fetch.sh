@@ -282,6 +282,15 @@ EOF
 echo "{\"url\":\"$U/nope\"}" | "$FETCH" --out "$T/o9" --strict > /dev/null 2>&1; rc=$?
 [ $rc = 1 ] && ok "--strict: failed record -> exit 1" || fail "--strict rc $rc"
 
+# ---- a .part locked by another process is left alone ---------------------
+mkdir -p "$T/o11" && echo keep > "$T/o11/lk.bin.part"
+exec 9>>"$T/o11/lk.bin.part"
+flock 9
+echo "{\"url\":\"$U/d/f04.bin?lk=1\",\"file_name\":\"lk.bin\"}" | "$FETCH" --out "$T/o11" > "$T/out11" 2>/dev/null
+exec 9>&-
+grep -q 'another process' "$T/out11" && [ "$(cat "$T/o11/lk.bin.part")" = keep ] && [ "$(reqs /d/f04.bin lk=1)" = 0 ] \
+    && ok "locked .part: error, untouched, no request" || fail "locked .part: $(cat "$T/out11")"
+
 # ---- output that cannot be written is a failed run ------------------------
 echo "{\"url\":\"$U/small.txt?full=1\",\"file_name\":\"full.txt\"}" | "$FETCH" --out "$T/o9" > /dev/full 2> "$T/err9"; rc=$?
 [ $rc = 1 ] && grep -q "cannot write output" "$T/err9" && ok "/dev/full: exit 1 with a message" || fail "/dev/full rc $rc"
