@@ -1,0 +1,408 @@
+/* pipeline.c - StableDiffusionPipeline: prompts -> embeddings -> denoising
+ * loop with classifier-free guidance -> VAE decode. See pipeline.h.
+ * Tested by tests/check_fixtures/check_pipeline.c and test-df-sample.sh. */
+#include "pipeline.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "clip.h"
+#include "jsonl.h"
+#include "rng.h"
+#include "scheduler.h"
+#include "tokenizer.h"
+#include "unet.h"
+#include "vae.h"
+
+typedef struct {
+    char *path;
+    float scale;
+} lora_ref;
+
+struct df_pipeline {
+    char *dir;
+    char *variant;
+    df_tokenizer *tok;
+    json_t *sched_config;
+    int unet_sample_size, unet_channels, vae_scale;
+    lora_ref *loras;
+    int n_loras;
+    bool keep;
+    df_clip *clip;       /* loaded on demand; kept only with keep */
+    df_unet *unet;
+    df_vae *vae;
+};
+
+static char *join(const char *dir, const char *rel)
+{
+    size_t n = strlen(dir) + strlen(rel) + 2;
+    char *s = malloc(n);
+    if (s)
+        snprintf(s, n, "%s/%s", dir, rel);
+    return s;
+}
+
+/* An int config value without loading the component. */
+static df_status config_int(const char *dir, const char *file, const char *key, int *out)
+{
+    char *path = join(dir, file);
+    json_t *cfg;
+    df_status st = path ? df_json_load_file(path, &cfg) : df_fail(DF_ERR_NOMEM, "out of memory");
+    if (st == DF_OK) {
+        json_t *v = json_object_get(cfg, key);
+        if (json_is_integer(v))
+            *out = (int)json_integer_value(v);
+        else if (json_is_array(v))   /* block_out_channels: its length */
+            *out = (int)json_array_size(v);
+        else
+            st = df_fail(DF_ERR_FORMAT, "%s: no integer \"%s\"", path, key);
+        json_decref(cfg);
+    }
+    free(path);
+    return st;
+}
+
+df_status df_pipeline_open(const char *model_dir, const char *variant, df_pipeline **out)
+{
+    *out = NULL;
+    df_pipeline *p = calloc(1, sizeof *p);
+    if (!p)
+        return df_fail(DF_ERR_NOMEM, "out of memory");
+    p->dir = strdup(model_dir);
+    p->variant = variant ? strdup(variant) : NULL;
+    df_status st = DF_OK;
+    char *path = join(model_dir, "model_index.json");
+    json_t *index = NULL;
+    if ((st = df_json_load_file(path, &index)) != DF_OK)
+        st = df_fail(st, "%s: not a diffusers model folder (%s)", model_dir, df_last_error());
+    json_decref(index);
+    free(path);
+    char *tokdir = join(model_dir, "tokenizer");
+    char *schedpath = join(model_dir, "scheduler/scheduler_config.json");
+    if (st == DF_OK)
+        st = df_tokenizer_load(tokdir, &p->tok);
+    if (st == DF_OK)
+        st = df_scheduler_load_config(schedpath, &p->sched_config);
+    free(tokdir);
+    free(schedpath);
+    int nblocks = 0;
+    if (st == DF_OK)
+        st = config_int(model_dir, "unet/config.json", "sample_size", &p->unet_sample_size);
+    if (st == DF_OK)
+        st = config_int(model_dir, "unet/config.json", "in_channels", &p->unet_channels);
+    if (st == DF_OK)
+        st = config_int(model_dir, "vae/config.json", "block_out_channels", &nblocks);
+    if (st == DF_OK && (nblocks < 1 || nblocks > 8 || p->unet_sample_size < 1 ||
+                        p->unet_channels < 1 || p->unet_channels > 64))
+        st = df_fail(DF_ERR_FORMAT, "%s: implausible unet sample_size or vae blocks", model_dir);
+    p->vae_scale = 1 << (nblocks > 0 ? nblocks - 1 : 0);
+    if (st != DF_OK) {
+        df_pipeline_free(p);
+        return st;
+    }
+    *out = p;
+    return DF_OK;
+}
+
+static void unload(df_pipeline *p)
+{
+    df_clip_free(p->clip);
+    df_unet_free(p->unet);
+    df_vae_free(p->vae);
+    p->clip = NULL;
+    p->unet = NULL;
+    p->vae = NULL;
+}
+
+void df_pipeline_free(df_pipeline *p)
+{
+    if (!p)
+        return;
+    unload(p);
+    for (int i = 0; i < p->n_loras; i++)
+        free(p->loras[i].path);
+    free(p->loras);
+    df_tokenizer_free(p->tok);
+    json_decref(p->sched_config);
+    free(p->dir);
+    free(p->variant);
+    free(p);
+}
+
+void df_pipeline_keep_loaded(df_pipeline *p, bool keep) { p->keep = keep; }
+
+void df_pipeline_default_size(const df_pipeline *p, int *width, int *height)
+{
+    *width = *height = p->unet_sample_size * p->vae_scale;
+}
+
+int df_pipeline_size_multiple(const df_pipeline *p) { return p->vae_scale; }
+
+df_status df_pipeline_add_lora(df_pipeline *p, const char *path, float scale,
+                               df_lora_report *rep)
+{
+    /* Dry run on freshly opened weight tables: the report and any shape error
+     * come now, before a model is loaded for sampling. */
+    df_weights *uw = NULL, *tw = NULL;
+    char *ud = join(p->dir, "unet"), *td = join(p->dir, "text_encoder");
+    df_status st = df_weights_open_dir(ud, p->variant, &uw);
+    if (st == DF_OK)
+        st = df_weights_open_dir(td, p->variant, &tw);
+    free(ud);
+    free(td);
+    if (st == DF_OK)
+        st = df_lora_apply(path, scale, uw, tw, rep);
+    df_weights_free(uw);
+    df_weights_free(tw);
+    if (st != DF_OK)
+        return st;
+    if (rep->n_pairs == 0)
+        return df_fail(DF_ERR_NOTFOUND, "%s: none of its %zu tensors matches this model", path,
+                       rep->n_tensors);
+    lora_ref *v = realloc(p->loras, (p->n_loras + 1) * sizeof *v);
+    if (!v)
+        return df_fail(DF_ERR_NOMEM, "out of memory");
+    p->loras = v;
+    v[p->n_loras].path = strdup(path);
+    v[p->n_loras].scale = scale;
+    p->n_loras++;
+    unload(p);   /* kept components no longer carry every LoRA */
+    return DF_OK;
+}
+
+static df_status merge_loras(df_pipeline *p, df_weights *unet, df_weights *te)
+{
+    for (int i = 0; i < p->n_loras; i++) {
+        df_lora_report rep;
+        df_status st = df_lora_apply(p->loras[i].path, p->loras[i].scale, unet, te, &rep);
+        df_lora_report_free(&rep);
+        if (st != DF_OK)
+            return st;
+    }
+    return DF_OK;
+}
+
+static void stage(const df_pipeline_hooks *h, const char *name)
+{
+    if (h && h->on_stage)
+        h->on_stage(h->ctx, name);
+}
+
+/* Embeddings (2,T,C): [negative, positive]. */
+static df_status encode_prompts(df_pipeline *p, const df_pipeline_params *pp,
+                                df_pipeline_output *out, float **embeds, int *T, int *C)
+{
+    int L = df_tokenizer_max_length(p->tok);
+    int32_t *ids = malloc(2 * (size_t)L * sizeof *ids);
+    if (!ids)
+        return df_fail(DF_ERR_NOMEM, "out of memory");
+    const char *neg = pp->negative_prompt ? pp->negative_prompt : "";
+    df_status st = df_tokenizer_encode(p->tok, neg, ids, NULL, &out->negative_tokens);
+    if (st == DF_OK)
+        st = df_tokenizer_encode(p->tok, pp->prompt ? pp->prompt : "", ids + L, NULL,
+                                 &out->prompt_tokens);
+    out->max_tokens = L;
+    if (st == DF_OK && !p->clip) {
+        char *dir = join(p->dir, "text_encoder");
+        st = df_clip_load(dir, p->variant, &p->clip);
+        free(dir);
+        if (st == DF_OK)
+            st = merge_loras(p, NULL, df_clip_weights(p->clip));
+    }
+    if (st == DF_OK) {
+        *C = df_clip_get_config(p->clip)->hidden_size;
+        *T = L;
+        *embeds = malloc(2 * (size_t)L * *C * sizeof **embeds);
+        st = *embeds ? df_clip_forward(p->clip, ids, 2, L, *embeds, NULL, NULL)
+                     : df_fail(DF_ERR_NOMEM, "out of memory");
+    }
+    free(ids);
+    if (!p->keep) {
+        df_clip_free(p->clip);
+        p->clip = NULL;
+    }
+    return st;
+}
+
+static df_status load_unet(df_pipeline *p)
+{
+    if (p->unet)
+        return DF_OK;
+    char *dir = join(p->dir, "unet");
+    df_status st = df_unet_load(dir, p->variant, &p->unet);
+    free(dir);
+    if (st == DF_OK)
+        st = merge_loras(p, df_unet_weights(p->unet), NULL);
+    return st;
+}
+
+/* The denoising loop; latents (B,C,h,w) in and out. */
+static df_status denoise(df_pipeline *p, const df_pipeline_params *pp, const float *embeds, int T,
+                         int Ctx, float *latents, int B, int C, int h, int w, df_rng *rng,
+                         const df_pipeline_hooks *hooks)
+{
+    df_scheduler *s = NULL;
+    df_status st = df_scheduler_create(pp->scheduler, p->sched_config, NULL, &s);
+    if (st == DF_OK)
+        st = df_scheduler_set_timesteps(s, pp->steps);
+    if (st == DF_OK)
+        st = load_unet(p);
+    if (st != DF_OK) {
+        df_scheduler_free(s);
+        return st;
+    }
+    bool cfg = pp->guidance > 1.0f;
+    int NB = cfg ? 2 * B : B;                      /* UNet batch: [neg x B, pos x B] */
+    size_t n = (size_t)B * C * h * w;
+    float *x = malloc(n * NB / B * sizeof *x);
+    float *eo = malloc(n * NB / B * sizeof *eo);
+    float *ehs = malloc((size_t)NB * T * Ctx * sizeof *ehs);
+    float *ts = malloc(NB * sizeof *ts);
+    float *guided = malloc(n * sizeof *guided);
+    if (!x || !eo || !ehs || !ts || !guided)
+        st = df_fail(DF_ERR_NOMEM, "out of memory for the denoising loop");
+    size_t te = (size_t)T * Ctx;
+    for (int b = 0; st == DF_OK && b < NB; b++) {
+        const float *src = cfg && b < B ? embeds : embeds + te;   /* rows: neg, pos */
+        memcpy(ehs + b * te, src, te * sizeof *ehs);
+    }
+    float sigma0 = df_scheduler_init_noise_sigma(s);
+    for (size_t k = 0; st == DF_OK && k < n; k++)
+        latents[k] *= sigma0;
+    int count = df_scheduler_count(s);
+    for (int i = 0; st == DF_OK && i < count; i++) {
+        float t = df_scheduler_timestep(s, i);
+        st = df_scheduler_scale_model_input(s, i, latents, x, n);
+        if (st != DF_OK)
+            break;
+        if (cfg)
+            memcpy(x + n, x, n * sizeof *x);
+        for (int b = 0; b < NB; b++)
+            ts[b] = t;
+        st = df_unet_forward(p->unet, x, ts, ehs, NB, h, w, T, eo);
+        if (st != DF_OK)
+            break;
+        const float g = pp->guidance;
+        for (size_t k = 0; k < n; k++)
+            guided[k] = cfg ? eo[k] + g * (eo[n + k] - eo[k]) : eo[k];
+        st = df_scheduler_step(s, i, guided, latents, latents, n, df_rng_noise_fn, rng);
+        for (size_t k = 0; st == DF_OK && k < n; k++)
+            if (!isfinite(latents[k]))
+                st = df_fail(DF_ERR_NUMERIC, "non-finite latents after step %d of %d", i + 1, count);
+        if (st == DF_OK && hooks && hooks->on_step)
+            hooks->on_step(hooks->ctx, i, count, t, eo, latents);
+    }
+    free(x);
+    free(eo);
+    free(ehs);
+    free(ts);
+    free(guided);
+    df_scheduler_free(s);
+    if (!p->keep) {
+        df_unet_free(p->unet);
+        p->unet = NULL;
+    }
+    return st;
+}
+
+/* VAE decode to NHWC floats in [0,1] and uint8, as diffusers' postprocess
+ * and numpy_to_pil: clamp(x/2 + 0.5, 0, 1), round(x * 255) half to even. */
+static df_status decode(df_pipeline *p, df_pipeline_output *o)
+{
+    df_status st = DF_OK;
+    if (!p->vae) {
+        char *dir = join(p->dir, "vae");
+        st = df_vae_load(dir, p->variant, &p->vae);
+        free(dir);
+        if (st != DF_OK)
+            return st;
+    }
+    size_t n = (size_t)o->batch * o->C * o->h * o->w;
+    size_t HW = (size_t)o->height * o->width;
+    float *scaled = malloc(n * sizeof *scaled);
+    float *img = malloc((size_t)o->batch * 3 * HW * sizeof *img);
+    o->image = malloc((size_t)o->batch * 3 * HW * sizeof *o->image);
+    o->rgb = malloc((size_t)o->batch * 3 * HW);
+    if (!scaled || !img || !o->image || !o->rgb)
+        st = df_fail(DF_ERR_NOMEM, "out of memory for the decoded image");
+    const float sf = df_vae_scaling_factor(p->vae);
+    for (size_t k = 0; st == DF_OK && k < n; k++)
+        scaled[k] = o->latents[k] / sf;
+    if (st == DF_OK)
+        st = df_vae_decode(p->vae, scaled, o->batch, o->h, o->w, img);
+    for (int b = 0; st == DF_OK && b < o->batch; b++)
+        for (size_t q = 0; q < HW; q++)
+            for (int c = 0; c < 3; c++) {
+                float v = img[((size_t)b * 3 + c) * HW + q] / 2.0f + 0.5f;
+                v = v < 0.0f ? 0.0f : v > 1.0f ? 1.0f : v;
+                size_t k = ((size_t)b * HW + q) * 3 + c;
+                o->image[k] = v;
+                o->rgb[k] = (uint8_t)nearbyintf(v * 255.0f);
+            }
+    free(scaled);
+    free(img);
+    if (!p->keep) {
+        df_vae_free(p->vae);
+        p->vae = NULL;
+    }
+    return st;
+}
+
+df_status df_pipeline_generate(df_pipeline *p, const df_pipeline_params *pp,
+                               const df_pipeline_hooks *hooks, df_pipeline_output *o)
+{
+    memset(o, 0, sizeof *o);
+    int m = p->vae_scale;
+    if (pp->width < m || pp->height < m || pp->width % m || pp->height % m)
+        return df_fail(DF_ERR_ARG, "width and height must be positive multiples of %d (got %dx%d)",
+                       m, pp->width, pp->height);
+    if (pp->steps < 1 || pp->batch < 1 || !isfinite(pp->guidance))
+        return df_fail(DF_ERR_ARG, "steps and batch must be at least 1, guidance finite");
+    o->batch = pp->batch;
+    o->C = p->unet_channels;
+    o->h = pp->height / m;
+    o->w = pp->width / m;
+    o->width = pp->width;
+    o->height = pp->height;
+    float *embeds = NULL;
+    int T = 0, Ctx = 0;
+    stage(hooks, "text encoder");
+    df_status st = encode_prompts(p, pp, o, &embeds, &T, &Ctx);
+    if (st == DF_OK && hooks && hooks->on_embeds)
+        hooks->on_embeds(hooks->ctx, embeds, embeds + (size_t)T * Ctx, T, Ctx);
+    size_t n = (size_t)o->batch * o->C * o->h * o->w;
+    df_rng rng;
+    df_rng_seed(&rng, pp->seed);
+    if (st == DF_OK) {
+        o->latents = malloc(n * sizeof *o->latents);
+        if (!o->latents)
+            st = df_fail(DF_ERR_NOMEM, "out of memory");
+        else if (pp->init_latents)
+            memcpy(o->latents, pp->init_latents, n * sizeof *o->latents);
+        else
+            df_rng_randn(&rng, o->latents, n);   /* one draw for the batch, as randn_tensor */
+    }
+    if (st == DF_OK) {
+        stage(hooks, "unet");
+        st = denoise(p, pp, embeds, T, Ctx, o->latents, o->batch, o->C, o->h, o->w, &rng, hooks);
+    }
+    free(embeds);
+    if (st == DF_OK) {
+        stage(hooks, "vae");
+        st = decode(p, o);
+    }
+    if (st != DF_OK)
+        df_pipeline_output_free(o);
+    return st;
+}
+
+void df_pipeline_output_free(df_pipeline_output *o)
+{
+    free(o->latents);
+    free(o->image);
+    free(o->rgb);
+    o->latents = o->image = NULL;
+    o->rgb = NULL;
+}

@@ -1,0 +1,91 @@
+/* pipeline.h - text to image with Stable Diffusion 2.x, as diffusers'
+ * StableDiffusionPipeline computes it:
+ *
+ *   ids = tokenize(prompt), tokenize(negative or "")
+ *   pos, neg = text_encoder(ids).last_hidden_state
+ *   latents = noise(seed) or the given initial latents; latents *= init_noise_sigma
+ *   for each timestep t:  x = scale_model_input(cat([latents]*2), t)
+ *                         e_neg, e_pos = unet(x, t, cat([neg, pos]))
+ *                         e = e_neg + guidance * (e_pos - e_neg)
+ *                         latents = scheduler.step(e, t, latents)
+ *   image = clamp(vae.decode(latents / scaling_factor) / 2 + 0.5, 0, 1)
+ *   uint8 = round(image * 255)
+ *
+ * (guidance <= 1 runs the positive branch alone, as diffusers does.)
+ * Components are loaded only while they are needed and freed after (text
+ * encoder, then UNet, then VAE), so peak memory is the largest component
+ * plus its activations, not the sum. LoRAs are merged into each component's
+ * weights as it is loaded.
+ * Tested end to end against refs/pipeline_* by tests/check_fixtures/
+ * check_pipeline.c and through df-sample by tests/tools/test-df-sample.sh. */
+#ifndef DF_PIPELINE_H
+#define DF_PIPELINE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "lora.h"
+#include "status.h"
+
+typedef struct df_pipeline df_pipeline;
+
+/* Open a diffusers folder: model_index.json, tokenizer/, the scheduler and
+ * component configs. Weights are not loaded yet. variant: NULL or "fp16". */
+df_status df_pipeline_open(const char *model_dir, const char *variant, df_pipeline **out);
+void df_pipeline_free(df_pipeline *p);
+
+/* Add a LoRA (merged into UNet and text encoder at load). The file is checked
+ * now against both components' weight names, so a bad LoRA fails before any
+ * sampling; the report says how many tensors matched. */
+df_status df_pipeline_add_lora(df_pipeline *p, const char *path, float scale,
+                               df_lora_report *rep);
+
+/* Keep loaded components between generate calls (faster for many prompts,
+ * more memory). Default false: load, use, free. */
+void df_pipeline_keep_loaded(df_pipeline *p, bool keep);
+
+/* Default image size: unet sample_size * vae scale. */
+void df_pipeline_default_size(const df_pipeline *p, int *width, int *height);
+/* The image side must be a multiple of this (the VAE's scale, 8 for SD). */
+int df_pipeline_size_multiple(const df_pipeline *p);
+
+typedef struct {
+    const char *prompt;
+    const char *negative_prompt;   /* NULL or "" -> "" (the CFG unconditional) */
+    int width, height;             /* pixels, multiples of df_pipeline_size_multiple */
+    int steps;
+    float guidance;
+    const char *scheduler;         /* NULL: the model's scheduler_config.json */
+    uint64_t seed;                 /* torch CPU generator seed for the noise */
+    const float *init_latents;     /* (batch,C,h,w) or NULL to draw from seed */
+    int batch;                     /* images for this prompt, >= 1 */
+} df_pipeline_params;
+
+/* Observers for progress and for checking internals; any may be NULL. */
+typedef struct {
+    void *ctx;
+    void (*on_embeds)(void *ctx, const float *neg, const float *pos, int T, int C);
+    /* after step i of n: unet_out is the raw CFG batch ((2 or 1)*batch, C, h, w),
+     * latents (batch, C, h, w) after the scheduler step; t the timestep. */
+    void (*on_step)(void *ctx, int i, int n, float t, const float *unet_out,
+                    const float *latents);
+    void (*on_stage)(void *ctx, const char *stage);   /* "text encoder", "unet", "vae" */
+} df_pipeline_hooks;
+
+typedef struct {
+    int batch, C, h, w;            /* latent shape */
+    int width, height;
+    float *latents;                /* (batch,C,h,w) final, before the VAE */
+    float *image;                  /* (batch,height,width,3) in [0,1] */
+    uint8_t *rgb;                  /* (batch,height,width,3) */
+    size_t prompt_tokens;          /* untruncated token counts incl. bos/eos */
+    size_t negative_tokens;
+    int max_tokens;                /* the tokenizer's limit (77) */
+} df_pipeline_output;
+
+df_status df_pipeline_generate(df_pipeline *p, const df_pipeline_params *params,
+                               const df_pipeline_hooks *hooks, df_pipeline_output *out);
+void df_pipeline_output_free(df_pipeline_output *out);
+
+#endif
