@@ -1,0 +1,516 @@
+/* df-sample - text to image with Stable Diffusion 2.x (+ LoRAs) on the CPU.
+ *
+ * Prompts come from -p (one job) or, without -p, as JSON Lines records on
+ * stdin (each may set prompt, negative_prompt, seed, steps, guidance,
+ * scheduler, width, height, batch). Each image is written as a PNG with its
+ * generation parameters in text chunks, and described by one record on
+ * stdout. A prompt that fails (bad field, NaN during sampling) gives a record
+ * with "error"; the run goes on. Tested by tests/tools/test-df-sample.sh. */
+#include <errno.h>
+#include <getopt.h>
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "image.h"
+#include "jsonl.h"
+#include "log.h"
+#include "lora.h"
+#include "ops.h"
+#include "pipeline.h"
+#include "safetensors.h"
+#include "scheduler.h"
+
+static const char usage_text[] =
+    "usage: df-sample --model DIR [-p PROMPT] [-n NEGATIVE] [--lora FILE[:SCALE]]...\n"
+    "                 [--steps N] [--guidance G] [--scheduler NAME] [--seed S]\n"
+    "                 [--width W] [--height H] [--batch N] [--out DIR] [-t THREADS]\n"
+    "                 [--latents FILE] [--save-latents FILE] [--variant fp16]\n"
+    "                 [--keep-models] [--strict] [--quiet|--progress]\n"
+    "Generates images from text with a Stable Diffusion 2.x diffusers folder.\n"
+    "Without -p, reads prompt records (JSON Lines) on stdin. Writes PNGs under --out\n"
+    "and one record per image on stdout. See df-sample(1).\n"
+    "\n"
+    "  --model DIR            diffusers folder (model_index.json, unet/, vae/, ...)\n"
+    "  --variant fp16         use the *.fp16.safetensors weight files\n"
+    "  --lora FILE[:SCALE]    merge a LoRA (PEFT, diffusers or kohya keys); repeatable\n"
+    "  -p, --prompt TEXT      prompt (else JSONL records on stdin)\n"
+    "  -n, --negative-prompt TEXT   negative prompt (default \"\")\n"
+    "  --steps N              inference steps (50)\n"
+    "  --guidance G           classifier-free guidance scale (7.5; <= 1 disables CFG)\n"
+    "  --scheduler NAME       ddim, ddpm, pndm, euler, euler_ancestral, lms, dpmpp_2m,\n"
+    "                         dpmpp_2m_karras, unipc, ... (default: the model's own)\n"
+    "  --seed S               torch CPU generator seed (default: random, recorded)\n"
+    "  --width W, --height H  image size, multiples of 8 (default: the model's)\n"
+    "  --batch N              images per prompt (1)\n"
+    "  --out DIR              where PNGs go (\".\")\n"
+    "  -t, --threads N        compute threads (default: all cores)\n"
+    "  --latents FILE         initial latents: safetensors with one F32 [N,4,h,w] tensor\n"
+    "  --save-latents FILE    write the final latents (before the VAE) as safetensors\n"
+    "  --keep-models          keep models loaded between prompts (faster, more memory)\n"
+    "  --strict               exit 1 if any prompt failed\n"
+    "  --quiet, --progress    no progress / progress even when stderr is not a terminal\n"
+    "  -h, --help             this help\n";
+
+typedef struct {
+    const char *model, *variant, *prompt, *negative, *scheduler, *out_dir;
+    const char *latents_file, *save_latents;
+    int steps, width, height, batch, threads;
+    float guidance;
+    unsigned long long seed;
+    int have_seed, strict, keep;
+    df_progress_mode progress;
+    json_t *loras;                /* [{"file":..., "scale":...}] for the records */
+} options;
+
+static volatile sig_atomic_t interrupted;
+static void on_signal(int sig) { (void)sig; interrupted = 1; }
+
+static long parse_long(const char *opt, const char *s, long lo, long hi)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || *end || end == s || v < lo || v > hi)
+        df_usage_error("%s: '%s' is not a whole number from %ld to %ld", opt, s, lo, hi);
+    return v;
+}
+
+static float parse_float(const char *opt, const char *s)
+{
+    char *end;
+    double v = strtod(s, &end);
+    if (*end || end == s || !isfinite(v))
+        df_usage_error("%s: '%s' is not a number", opt, s);
+    return (float)v;
+}
+
+static unsigned long long parse_seed(const char *s)
+{
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || *end || end == s || s[0] == '-')
+        df_usage_error("--seed: '%s' is not a non-negative whole number", s);
+    return v;
+}
+
+static unsigned long long random_seed(void)
+{
+    unsigned long long s = 0;
+    FILE *f = fopen("/dev/urandom", "rb");
+    if (!f || fread(&s, sizeof s, 1, f) != 1)
+        s = (unsigned long long)time(NULL) ^ ((unsigned long long)getpid() << 32);
+    if (f)
+        fclose(f);
+    return s & 0xffffffffffffULL;   /* keep it readable */
+}
+
+enum { O_MODEL = 256, O_VARIANT, O_LORA, O_STEPS, O_GUIDANCE, O_SCHED, O_SEED, O_WIDTH,
+       O_HEIGHT, O_BATCH, O_OUT, O_LATENTS, O_SAVE, O_KEEP, O_STRICT, O_QUIET, O_PROGRESS };
+
+static void parse_args(int argc, char **argv, options *o, df_pipeline **pipe)
+{
+    static const struct option longopts[] = {
+        {"model", required_argument, 0, O_MODEL}, {"variant", required_argument, 0, O_VARIANT},
+        {"lora", required_argument, 0, O_LORA}, {"prompt", required_argument, 0, 'p'},
+        {"negative-prompt", required_argument, 0, 'n'}, {"steps", required_argument, 0, O_STEPS},
+        {"guidance", required_argument, 0, O_GUIDANCE}, {"scheduler", required_argument, 0, O_SCHED},
+        {"seed", required_argument, 0, O_SEED}, {"width", required_argument, 0, O_WIDTH},
+        {"height", required_argument, 0, O_HEIGHT}, {"batch", required_argument, 0, O_BATCH},
+        {"out", required_argument, 0, O_OUT}, {"threads", required_argument, 0, 't'},
+        {"latents", required_argument, 0, O_LATENTS}, {"save-latents", required_argument, 0, O_SAVE},
+        {"keep-models", no_argument, 0, O_KEEP}, {"strict", no_argument, 0, O_STRICT},
+        {"quiet", no_argument, 0, O_QUIET}, {"progress", no_argument, 0, O_PROGRESS},
+        {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
+    const char *loras[64];
+    int nl = 0, c;
+    while ((c = getopt_long(argc, argv, "hp:n:t:", longopts, NULL)) != -1) {
+        switch (c) {
+        case 'h': fputs(usage_text, stdout); exit(0);
+        case O_MODEL: o->model = optarg; break;
+        case O_VARIANT: o->variant = optarg; break;
+        case O_LORA:
+            if (nl == 64)
+                df_usage_error("at most 64 --lora options");
+            loras[nl++] = optarg;
+            break;
+        case 'p': o->prompt = optarg; break;
+        case 'n': o->negative = optarg; break;
+        case O_STEPS: o->steps = (int)parse_long("--steps", optarg, 1, 1000); break;
+        case O_GUIDANCE: o->guidance = parse_float("--guidance", optarg); break;
+        case O_SCHED: o->scheduler = optarg; break;
+        case O_SEED: o->seed = parse_seed(optarg); o->have_seed = 1; break;
+        case O_WIDTH: o->width = (int)parse_long("--width", optarg, 8, 8192); break;
+        case O_HEIGHT: o->height = (int)parse_long("--height", optarg, 8, 8192); break;
+        case O_BATCH: o->batch = (int)parse_long("--batch", optarg, 1, 64); break;
+        case O_OUT: o->out_dir = optarg; break;
+        case 't': o->threads = (int)parse_long("--threads", optarg, 1, 1024); break;
+        case O_LATENTS: o->latents_file = optarg; break;
+        case O_SAVE: o->save_latents = optarg; break;
+        case O_KEEP: o->keep = 1; break;
+        case O_STRICT: o->strict = 1; break;
+        case O_QUIET: o->progress = DF_PROGRESS_NEVER; break;
+        case O_PROGRESS: o->progress = DF_PROGRESS_ALWAYS; break;
+        default: df_usage_error("unknown option");
+        }
+    }
+    if (optind < argc)
+        df_usage_error("unexpected argument '%s'", argv[optind]);
+    if (!o->model)
+        df_usage_error("--model DIR is required");
+    if (o->variant && strcmp(o->variant, "fp16"))
+        df_usage_error("--variant: only 'fp16' is known");
+    if (o->scheduler) {
+        df_scheduler *s;
+        if (df_scheduler_create(o->scheduler, NULL, NULL, &s) != DF_OK)
+            df_usage_error("--scheduler: %s", df_last_error());
+        df_scheduler_free(s);
+    }
+    if (df_pipeline_open(o->model, o->variant, pipe) != DF_OK) {
+        df_error("%s", df_last_error());
+        exit(1);
+    }
+    o->loras = json_array();
+    for (int i = 0; i < nl; i++) {
+        char *path;
+        float scale;
+        if (df_lora_parse_arg(loras[i], &path, &scale) != DF_OK)
+            df_usage_error("--lora: %s", df_last_error());
+        df_lora_report rep;
+        if (df_pipeline_add_lora(*pipe, path, scale, &rep) != DF_OK) {
+            df_error("%s", df_last_error());
+            exit(1);
+        }
+        /* Say what matched: a silent non-match is the usual LoRA surprise. */
+        df_warn("%s: %s format, %zu of %zu tensors applied (%zu UNet and %zu text-encoder "
+                "weights changed, scale %g)", path, rep.format, rep.n_applied, rep.n_tensors,
+                rep.n_unet_pairs, rep.n_te_pairs, scale);
+        for (size_t k = 0; k < rep.n_unmatched; k++)
+            df_warn("%s: tensor matched nothing: %s", path, rep.unmatched[k]);
+        json_t *l = json_object();
+        df_rec_set_str(l, "file", path);
+        df_rec_set_num(l, "scale", scale);
+        json_array_append_new(o->loras, l);
+        df_lora_report_free(&rep);
+        free(path);
+    }
+}
+
+/* Initial latents from --latents: one F32 tensor [N,C,h,w]. */
+static float *read_latents(const char *path, int *N, int *h, int *w)
+{
+    df_safetensors *st;
+    if (df_st_open(path, &st) != DF_OK) {
+        df_error("%s", df_last_error());
+        exit(1);
+    }
+    const df_st_tensor *t = df_st_count(st) == 1 ? df_st_at(st, 0) : NULL;
+    if (!t || t->dtype != DF_DTYPE_F32 || t->ndim != 4 || t->shape[1] != 4) {
+        df_error("%s: want exactly one F32 tensor of shape [N,4,h,w]", path);
+        exit(1);
+    }
+    float *v = malloc(t->numel * sizeof *v);
+    if (!v || df_st_to_f32(t, v) != DF_OK) {
+        df_error("%s: %s", path, df_last_error());
+        exit(1);
+    }
+    *N = (int)t->shape[0];
+    *h = (int)t->shape[2];
+    *w = (int)t->shape[3];
+    df_st_close(st);
+    return v;
+}
+
+typedef struct {
+    df_progress prog;
+    df_progress_mode mode;
+    const char *label;
+} step_progress;
+
+static void on_stage(void *ctx, const char *stage)
+{
+    step_progress *sp = ctx;
+    if (sp->mode == DF_PROGRESS_ALWAYS || (sp->mode == DF_PROGRESS_AUTO && isatty(2)))
+        fprintf(stderr, "%s: %s: %s\n", df_progname(), sp->label, stage);
+}
+
+static void on_step(void *ctx, int i, int n, float t, const float *u, const float *l)
+{
+    step_progress *sp = ctx;
+    if (i == 0)
+        df_progress_start(&sp->prog, "step", n, sp->mode);
+    df_progress_add(&sp->prog, 1, 0);
+    if (i + 1 == n)
+        df_progress_finish(&sp->prog);
+}
+
+/* "out/00012-1234.png" not yet taken. */
+static char *next_png_name(const char *dir, unsigned long long seed, int *counter)
+{
+    char *path = NULL;
+    for (;;) {
+        free(path);
+        if (asprintf(&path, "%s/%05d-%llu.png", dir, (*counter)++, seed) < 0)
+            return NULL;
+        if (access(path, F_OK) != 0)
+            return path;
+    }
+}
+
+static df_status save_latents(const char *path, const float *lat, int N, int C, int h, int w)
+{
+    df_st_writer *wr = df_st_writer_new();
+    if (!wr)
+        return df_fail(DF_ERR_NOMEM, "out of memory");
+    df_st_writer_add(wr, "latents", DF_DTYPE_F32, 4, (int64_t[]){N, C, h, w}, lat);
+    df_st_writer_meta(wr, "format", "pt");
+    df_status st = df_st_write(wr, path);
+    df_st_writer_free(wr);
+    return st;
+}
+
+/* FILE for the first image, FILE-<k> (before the extension) for later ones. */
+static char *numbered(const char *path, int k)
+{
+    char *s;
+    if (k == 0)
+        return strdup(path);
+    const char *dot = strrchr(path, '.');
+    const char *slash = strrchr(path, '/');
+    if (!dot || (slash && dot < slash))
+        dot = path + strlen(path);
+    if (asprintf(&s, "%.*s-%d%s", (int)(dot - path), path, k, dot) < 0)
+        return NULL;
+    return s;
+}
+
+typedef struct {
+    options *o;
+    df_pipeline *pipe;
+    const float *init;          /* --latents */
+    int init_n, init_h, init_w;
+    int png_counter, latents_counter;
+    long failed, images;
+} run_state;
+
+static void fail_record(run_state *rs, json_t *rec, const char *fmt, const char *detail)
+{
+    df_rec_set_error(rec, fmt, detail);
+    df_error("%s", df_rec_str(rec, "error"));
+    rs->failed++;
+    if (df_jsonl_write_fd(1, rec) != DF_OK) {
+        df_error("stdout: %s", df_last_error());
+        exit(1);
+    }
+}
+
+/* Fill params from options overridden by the record's fields. */
+static int params_from(run_state *rs, json_t *rec, df_pipeline_params *pp, char **err)
+{
+    options *o = rs->o;
+    pp->prompt = o->prompt;
+    pp->negative_prompt = o->negative;
+    pp->steps = o->steps;
+    pp->guidance = o->guidance;
+    pp->scheduler = o->scheduler;
+    pp->width = o->width;
+    pp->height = o->height;
+    pp->batch = o->batch;
+    pp->seed = o->have_seed ? o->seed : random_seed();
+    const char *s;
+    long long v;
+    double d;
+    if ((s = df_rec_str(rec, "prompt")))
+        pp->prompt = s;
+    if ((s = df_rec_str(rec, "negative_prompt")))
+        pp->negative_prompt = s;
+    if ((s = df_rec_str(rec, "scheduler")))
+        pp->scheduler = s;
+    if (df_rec_int(rec, "seed", &v))
+        pp->seed = (uint64_t)v;
+    if (df_rec_int(rec, "steps", &v))
+        pp->steps = (int)(v < 1 || v > 1000 ? 0 : v);
+    if (df_rec_num(rec, "guidance", &d))
+        pp->guidance = (float)d;
+    if (df_rec_int(rec, "width", &v))
+        pp->width = (int)(v < 8 || v > 8192 ? 0 : v);
+    if (df_rec_int(rec, "height", &v))
+        pp->height = (int)(v < 8 || v > 8192 ? 0 : v);
+    if (df_rec_int(rec, "batch", &v))
+        pp->batch = (int)(v < 1 || v > 64 ? 0 : v);
+    if (!pp->prompt)
+        return asprintf(err, "record has no \"prompt\""), 0;
+    if (pp->steps == 0 || pp->width == 0 || pp->height == 0 || pp->batch == 0)
+        return asprintf(err, "steps, width, height or batch out of range"), 0;
+    if (rs->init) {
+        int m = df_pipeline_size_multiple(rs->pipe);
+        if (pp->width != rs->init_w * m || pp->height != rs->init_h * m || pp->batch != rs->init_n)
+            return asprintf(err, "--latents holds [%d,4,%d,%d]: size/batch must be %dx%d x %d",
+                            rs->init_n, rs->init_h, rs->init_w, rs->init_w * m,
+                            rs->init_h * m, rs->init_n), 0;
+        pp->init_latents = rs->init;
+    }
+    return 1;
+}
+
+static void write_image(run_state *rs, json_t *rec, const df_pipeline_params *pp,
+                        const df_pipeline_output *out, int b, double seconds)
+{
+    options *o = rs->o;
+    df_image img = {.w = out->width, .h = out->height,
+                    .px = out->rgb + (size_t)b * out->width * out->height * 3};
+    char *path = next_png_name(o->out_dir, pp->seed, &rs->png_counter);
+    json_t *r = json_deep_copy(rec);
+    const char *sched = pp->scheduler ? pp->scheduler : "model default";
+    df_rec_set_str(r, "file_name", path ? path : "");
+    df_rec_set_str(r, "prompt", pp->prompt);
+    df_rec_set_str(r, "negative_prompt", pp->negative_prompt ? pp->negative_prompt : "");
+    df_rec_set_int(r, "seed", (long long)pp->seed);
+    if (pp->batch > 1)
+        df_rec_set_int(r, "batch_index", b);
+    df_rec_set_int(r, "steps", pp->steps);
+    df_rec_set_num(r, "guidance", pp->guidance);
+    df_rec_set_str(r, "scheduler", sched);
+    df_rec_set_int(r, "width", pp->width);
+    df_rec_set_int(r, "height", pp->height);
+    json_object_set(r, "loras", o->loras);
+    df_rec_set_num(r, "seconds", seconds);
+    char *params = json_dumps(r, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    char *a1111 = NULL;
+    if (asprintf(&a1111, "%s\nNegative prompt: %s\nSteps: %d, Sampler: %s, CFG scale: %g, "
+                 "Seed: %llu, Size: %dx%d", pp->prompt, pp->negative_prompt ? pp->negative_prompt : "",
+                 pp->steps, sched, pp->guidance, (unsigned long long)pp->seed, pp->width,
+                 pp->height) < 0)
+        a1111 = NULL;
+    const char *kv[] = {"parameters", a1111 ? a1111 : "", "diffyface", params ? params : "{}",
+                        "Software", "diffyface df-sample", NULL};
+    if (!path || df_image_write_png(path, &img, kv) != DF_OK) {
+        json_object_del(r, "file_name");
+        fail_record(rs, r, "cannot write PNG: %s", df_last_error());
+    } else {
+        rs->images++;
+        if (df_jsonl_write_fd(1, r) != DF_OK) {
+            df_error("stdout: %s", df_last_error());
+            exit(1);
+        }
+    }
+    json_decref(r);
+    free(params);
+    free(a1111);
+    free(path);
+}
+
+static void run_one(run_state *rs, json_t *rec)
+{
+    if (df_rec_str(rec, "error")) {   /* a bad input line: pass on, counted */
+        fail_record(rs, rec, "%s", df_rec_str(rec, "error"));
+        return;
+    }
+    df_pipeline_params pp = {0};
+    char *err = NULL;
+    if (!params_from(rs, rec, &pp, &err)) {
+        fail_record(rs, rec, "%s", err ? err : "bad record");
+        free(err);
+        return;
+    }
+    step_progress sp = {.mode = rs->o->progress, .label = pp.prompt};
+    df_pipeline_hooks hooks = {.ctx = &sp, .on_step = on_step, .on_stage = on_stage};
+    df_pipeline_output out;
+    double t0 = df_now();
+    df_status st = df_pipeline_generate(rs->pipe, &pp, &hooks, &out);
+    if (st != DF_OK) {
+        fail_record(rs, rec, "%s", df_last_error());
+        return;
+    }
+    if (out.prompt_tokens > (size_t)out.max_tokens)
+        df_warn("prompt is %zu tokens; truncated to %d as diffusers does: \"%.60s...\"",
+                out.prompt_tokens, out.max_tokens, pp.prompt);
+    if (out.negative_tokens > (size_t)out.max_tokens)
+        df_warn("negative prompt is %zu tokens; truncated to %d", out.negative_tokens,
+                out.max_tokens);
+    double secs = df_now() - t0;
+    if (rs->o->save_latents) {
+        char *path = numbered(rs->o->save_latents, rs->latents_counter++);
+        if (!path || save_latents(path, out.latents, out.batch, out.C, out.h, out.w) != DF_OK)
+            df_error("%s: %s", rs->o->save_latents, df_last_error());
+        else
+            df_rec_set_str(rec, "latents_file", path);
+        free(path);
+    }
+    for (int b = 0; b < out.batch; b++)
+        write_image(rs, rec, &pp, &out, b, secs / out.batch);
+    df_pipeline_output_free(&out);
+}
+
+int main(int argc, char **argv)
+{
+    df_log_init(argv[0]);
+    options o = {.steps = 50, .guidance = 7.5f, .batch = 1, .out_dir = ".",
+                 .progress = DF_PROGRESS_AUTO};
+    df_pipeline *pipe;
+    parse_args(argc, argv, &o, &pipe);
+    if (o.threads)
+        df_ops_set_threads(o.threads);
+    df_pipeline_keep_loaded(pipe, o.keep);
+    int dw, dh;
+    df_pipeline_default_size(pipe, &dw, &dh);
+    if (!o.width)
+        o.width = dw;
+    if (!o.height)
+        o.height = dh;
+    run_state rs = {.o = &o, .pipe = pipe};
+    if (o.latents_file) {
+        float *init = read_latents(o.latents_file, &rs.init_n, &rs.init_h, &rs.init_w);
+        rs.init = init;
+        int m = df_pipeline_size_multiple(pipe);
+        o.width = rs.init_w * m;
+        o.height = rs.init_h * m;
+        o.batch = rs.init_n;
+    }
+    if (mkdir(o.out_dir, 0777) != 0 && errno != EEXIST) {
+        df_error("%s: %s", o.out_dir, strerror(errno));
+        return 1;
+    }
+    signal(SIGPIPE, SIG_IGN);
+    signal(SIGINT, on_signal);
+    signal(SIGTERM, on_signal);
+    if (o.prompt) {
+        json_t *rec = json_object();
+        run_one(&rs, rec);
+        json_decref(rec);
+    } else {
+        if (isatty(0))
+            df_warn("reading prompt records from the terminal (use -p for one prompt)");
+        df_jsonl_reader r;
+        df_jsonl_reader_init(&r, stdin);
+        json_t *rec;
+        df_status st;
+        while (!interrupted && (st = df_jsonl_next(&r, &rec)) == DF_OK && rec) {
+            run_one(&rs, rec);
+            json_decref(rec);
+        }
+        df_jsonl_reader_free(&r);
+        if (!interrupted && st != DF_OK) {
+            df_error("stdin: %s", df_last_error());
+            return 1;
+        }
+    }
+    free((float *)rs.init);
+    json_decref(o.loras);
+    df_pipeline_free(pipe);
+    if (interrupted)
+        df_error("interrupted; %ld images written", rs.images);
+    if (rs.failed)
+        df_error("%ld prompts failed, %ld images written", rs.failed, rs.images);
+    if (fflush(stdout) != 0 || ferror(stdout)) {
+        df_error("stdout: write error");
+        return 1;
+    }
+    return interrupted || (o.strict && rs.failed) ? 1 : 0;
+}
