@@ -1,0 +1,163 @@
+#!/usr/bin/env bash
+# test-df-sample.sh - df-sample on the fixture pipeline from the stored
+# initial latents must reproduce diffusers' reference runs: final latents
+# within 2e-3 and PNG pixels within 1 level on >= 99% of values and 3 levels
+# everywhere, for DDIM and DPM-Solver++ and with each LoRA format at scale 1
+# and 0.5. Also: records, PNG text chunks, JSONL input with bad lines,
+# --strict, truncation warning, usage and load errors, the man page EXAMPLES.
+set -u
+: "${DF_BIN:=$(cd "$(dirname "$0")/../.." && pwd)/bin}"
+: "${DF_FIXTURES:=$(cd "$(dirname "$0")/../../.." && pwd)/shared/fixtures}"
+S="$DF_BIN/df-sample"
+FX=$DF_FIXTURES
+PY=/usr/bin/python3
+T=$(mktemp -d /tmp/df-test-sample-XXXXXX)
+trap 'rm -rf "$T"' EXIT
+fails=0
+fail() { echo "FAIL: $*" >&2; fails=$((fails + 1)); }
+cd "$T"
+
+# Reference tensors out of a safetensors file (Debian python, stdlib + numpy).
+cat > st.py <<'EOF2'
+import json, struct, sys
+import numpy as np
+DT = {"F32": np.float32, "F16": np.float16, "I64": np.int64, "U8": np.uint8}
+def load(path):
+    b = open(path, "rb").read()
+    n = struct.unpack("<Q", b[:8])[0]
+    h = json.loads(b[8:8 + n])
+    out = {}
+    for k, v in h.items():
+        if k == "__metadata__":
+            continue
+        s, e = v["data_offsets"]
+        out[k] = np.frombuffer(b[8 + n + s:8 + n + e], dtype=DT[v["dtype"]]).reshape(v["shape"])
+    return out
+def save(path, name, arr):
+    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    hdr = json.dumps({name: {"dtype": "F32", "shape": list(arr.shape),
+                             "data_offsets": [0, arr.nbytes]}}).encode()
+    hdr += b" " * (-len(hdr) % 8)
+    open(path, "wb").write(struct.pack("<Q", len(hdr)) + hdr + arr.tobytes())
+EOF2
+# extract REF TENSOR OUT: one tensor into its own file (df-sample --latents)
+extract() { $PY -c "import sys; sys.path.insert(0, '.'); import st; st.save(sys.argv[3], 'latents', st.load(sys.argv[1])[sys.argv[2]])" "$@"; }
+# compare_run REF_STEM LATENTS_FILE PNG: latents within 2e-3, pixels rule
+compare_run() {
+    $PY - "$@" <<'EOF2'
+import sys
+sys.path.insert(0, ".")
+import numpy as np, st
+from PIL import Image
+stem, lat, png = sys.argv[1:4]
+ref = st.load(stem + ".safetensors")
+got = st.load(lat)["latents"]
+d = float(np.abs(got - ref["final_latents"]).max())
+a = np.asarray(Image.open(png).convert("RGB"), dtype=int)
+b = np.asarray(Image.open(stem + ".png").convert("RGB"), dtype=int)
+if a.shape != b.shape:
+    print("shape", a.shape, b.shape); sys.exit(1)
+px = np.abs(a - b)
+frac = float((px > 1).mean())
+print(f"{stem.split('/')[-1]}: latents max|diff| {d:.3g}, pixels max {px.max()}, >1 level {frac:.4%}")
+sys.exit(0 if d <= 2e-3 and px.max() <= 3 and frac <= 0.01 else 1)
+EOF2
+}
+PROMPT=$($PY -c 'import json,sys; print(json.load(open(sys.argv[1]))["set_config"]["prompt"])' "$FX/refs/MANIFEST.json")
+NEG=$($PY -c 'import json,sys; print(json.load(open(sys.argv[1]))["set_config"]["negative_prompt"])' "$FX/refs/MANIFEST.json")
+STEPS=$($PY -c 'import json,sys; print(json.load(open(sys.argv[1]))["set_config"]["pipe_steps"])' "$FX/refs/MANIFEST.json")
+
+# 1. Reference runs: scheduler and LoRA per reference file.
+run_ref() {   # NAME EXTRA-ARGS...
+    local name=$1; shift
+    extract "$FX/refs/$name.safetensors" initial_latents "init-$name.st" || { fail "$name: extract"; return; }
+    if ! "$S" --model "$FX/pipeline" --latents "init-$name.st" -p "$PROMPT" -n "$NEG" \
+        --steps "$STEPS" --guidance 7.5 --out "out-$name" --save-latents "lat-$name.st" --quiet \
+        "$@" > "rec-$name.jsonl" 2> "err-$name.txt"; then
+        fail "$name: df-sample exited $?: $(cat "err-$name.txt")"; return
+    fi
+    local png
+    png=$($PY -c 'import json,sys; print(json.loads(open(sys.argv[1]).readline())["file_name"])' "rec-$name.jsonl")
+    compare_run "$FX/refs/$name" "lat-$name.st" "$png" || fail "$name: differs from diffusers"
+}
+run_ref pipeline_ddim
+run_ref pipeline_dpmpp_2m --scheduler dpmpp_2m
+run_ref pipeline_ddim_lora_diffusers --lora "$FX/lora/pytorch_lora_weights.safetensors"
+run_ref pipeline_ddim_lora_diffusers_scale0.5 --lora "$FX/lora/pytorch_lora_weights.safetensors:0.5"
+run_ref pipeline_ddim_lora_kohya --lora "$FX/lora/kohya_lora.safetensors"
+run_ref pipeline_ddim_lora_kohya_scale0.5 --lora "$FX/lora/kohya_lora.safetensors:0.5"
+# The PEFT-format file (the published DiffyFace LoRA's format) gives the diffusers numbers.
+cp "$FX/refs/pipeline_ddim_lora_diffusers.safetensors" peft_ref.safetensors
+cp "$FX/refs/pipeline_ddim_lora_diffusers.png" peft_ref.png
+run_peft() {
+    extract "$FX/refs/pipeline_ddim_lora_diffusers.safetensors" initial_latents init-peft.st
+    "$S" --model "$FX/pipeline" --latents init-peft.st -p "$PROMPT" -n "$NEG" --steps "$STEPS" \
+        --out out-peft --save-latents lat-peft.st --quiet --lora "$FX/lora/peft_lora.safetensors" \
+        > rec-peft.jsonl 2> err-peft.txt || { fail "peft: exit $?: $(cat err-peft.txt)"; return; }
+    compare_run "$T/peft_ref" lat-peft.st "$(cut -d'"' -f4 rec-peft.jsonl)" || fail "peft LoRA differs"
+}
+run_peft
+grep -q "peft format, 272 of 272 tensors applied" err-peft.txt || fail "LoRA report missing: $(cat err-peft.txt)"
+
+# 2. The record and the PNG's text chunks.
+$PY - rec-pipeline_ddim.jsonl <<'EOF2' || fail "record or PNG text chunk"
+import json, sys
+from PIL import Image
+r = json.loads(open(sys.argv[1]).readline())
+for k in ("file_name", "prompt", "negative_prompt", "seed", "steps", "guidance", "scheduler",
+          "width", "height", "loras", "seconds"):
+    assert k in r, k
+assert r["width"] == 64 and r["height"] == 64 and r["steps"] > 0 and r["guidance"] == 7.5, r
+info = Image.open(r["file_name"]).info
+assert "Steps: " in info["parameters"] and json.loads(info["diffyface"])["prompt"] == r["prompt"]
+EOF2
+
+# 3. JSONL prompts: a good one, a broken line, one with a bad field, seeds.
+printf '%s\n' '{"prompt":"a face","seed":3,"steps":2,"id":"x1"}' 'not json' \
+    '{"prompt":"b","steps":0}' '{"prompt":"a face","seed":3,"steps":2,"scheduler":"euler_ancestral"}' \
+    '{"negative_prompt":"no prompt"}' > prompts.jsonl
+"$S" --model "$FX/pipeline" --out jl --quiet < prompts.jsonl > jl.jsonl 2> jl.err
+rc=$?
+[ $rc = 0 ] || fail "jsonl run exit $rc"
+[ "$(wc -l < jl.jsonl)" = 5 ] || fail "jsonl: want 5 records, got $(wc -l < jl.jsonl)"
+[ "$(grep -c '"error"' jl.jsonl)" = 3 ] || fail "jsonl: want 3 error records"
+grep -q '"id":"x1"' jl.jsonl || fail "extra fields not passed through"
+grep -q "3 prompts failed" jl.err || fail "failures not counted on stderr: $(cat jl.err)"
+"$S" --model "$FX/pipeline" --out jl2 --quiet --strict < prompts.jsonl > /dev/null 2>&1
+[ $? = 1 ] || fail "--strict with failed records must exit 1"
+# Same seed and settings -> same image.
+"$S" --model "$FX/pipeline" --out same --quiet -p "a face" --seed 3 --steps 2 > s1.jsonl 2>/dev/null
+"$S" --model "$FX/pipeline" --out same --quiet -p "a face" --seed 3 --steps 2 > s2.jsonl 2>/dev/null
+cmp -s "$(cut -d'"' -f4 s1.jsonl)" "$(cut -d'"' -f4 s2.jsonl)" || fail "same seed gave different PNGs"
+[ "$(cut -d'"' -f4 s1.jsonl)" != "$(cut -d'"' -f4 s2.jsonl)" ] || fail "second run overwrote the first PNG"
+
+# 4. Long prompt: truncated with a warning.
+long=$(printf 'face %.0s' $(seq 1 100))
+"$S" --model "$FX/pipeline" --out long --steps 1 -p "$long" > /dev/null 2> long.err || fail "long prompt run"
+grep -q "truncated to 77" long.err || fail "no truncation warning"
+
+# 5. Errors: usage 2, load failures 1 with a one-line message naming the cause.
+"$S" > /dev/null 2>&1; [ $? = 2 ] || fail "no --model: want exit 2"
+"$S" --model "$FX/pipeline" --steps x -p a > /dev/null 2>&1; [ $? = 2 ] || fail "bad --steps: want 2"
+"$S" --model "$FX/pipeline" --scheduler nosuch -p a > /dev/null 2> e.txt; [ $? = 2 ] || fail "unknown scheduler: want 2"
+"$S" --model "$T/nowhere" -p a > /dev/null 2> e.txt; [ $? = 1 ] || fail "missing model: want 1"
+grep -q "^df-sample: .*nowhere" e.txt || fail "missing model message: $(cat e.txt)"
+$PY -c "import sys; sys.path.insert(0,'.'); import st, numpy as np; st.save('badlora.safetensors', 'unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora_A.weight', np.zeros((4, 7)))"
+"$S" --model "$FX/pipeline" --lora badlora.safetensors -p a > /dev/null 2> e.txt; [ $? = 1 ] || fail "bad LoRA: want 1"
+grep -q "none of its" e.txt || grep -q "does not fit" e.txt || fail "bad LoRA message: $(cat e.txt)"
+mkdir -p trunc && cp -r "$FX/pipeline/." trunc/ && chmod -R u+w trunc
+head -c 1000 "$FX/pipeline/unet/diffusion_pytorch_model.safetensors" > trunc/unet/diffusion_pytorch_model.safetensors
+"$S" --model trunc --steps 1 -p a --out tr > tr.jsonl 2> e.txt; [ $? = 0 ] || true
+grep -q '"error"' tr.jsonl || fail "truncated UNet file: want an error record"
+
+# 6. The man page's EXAMPLES, with the fixture pipeline as the model.
+MAN=$(dirname "$0")/../../man/df-sample.1
+[ -f "$MAN" ] || MAN=$(cd "$(dirname "$0")/../.." && pwd)/man/df-sample.1
+sed -n '/^\.SH EXAMPLES/,/^\.SH /p' "$MAN" | sed -n '/^\.EX/,/^\.EE/p' | grep -v '^\.E[XE]' |
+    sed 's/\\-/-/g; s/\\e/\\/g' > examples.sh
+[ -s examples.sh ] || fail "no EXAMPLES in the man page"
+mkdir -p ex && (cd ex && MODEL="$FX/pipeline" LORA="$FX/lora/peft_lora.safetensors" PATH="$DF_BIN:$PATH" bash -e ../examples.sh > ex.out 2> ex.err) ||
+    fail "man page examples failed: $(tail -3 ex/ex.err)"
+
+echo "test-df-sample: $fails failures"
+[ $fails = 0 ]
