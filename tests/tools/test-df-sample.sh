@@ -6,6 +6,7 @@
 # and 0.5. Also: records, PNG text chunks, JSONL input with bad lines,
 # --strict, truncation warning, usage and load errors, the man page EXAMPLES.
 set -u
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 : "${DF_BIN:=$(cd "$(dirname "$0")/../.." && pwd)/bin}"
 : "${DF_FIXTURES:=$(cd "$(dirname "$0")/../../.." && pwd)/shared/fixtures}"
 S="$DF_BIN/df-sample"
@@ -16,6 +17,7 @@ trap 'rm -rf "$T"' EXIT
 fails=0
 fail() { echo "FAIL: $*" >&2; fails=$((fails + 1)); }
 cd "$T"
+fname() { $PY -c 'import json,sys; print(json.loads(open(sys.argv[1]).readline())["file_name"])' "$1"; }
 
 # Reference tensors out of a safetensors file (Debian python, stdlib + numpy).
 cat > st.py <<'EOF2'
@@ -94,7 +96,7 @@ run_peft() {
     "$S" --model "$FX/pipeline" --latents init-peft.st -p "$PROMPT" -n "$NEG" --steps "$STEPS" \
         --out out-peft --save-latents lat-peft.st --quiet --lora "$FX/lora/peft_lora.safetensors" \
         > rec-peft.jsonl 2> err-peft.txt || { fail "peft: exit $?: $(cat err-peft.txt)"; return; }
-    compare_run "$T/peft_ref" lat-peft.st "$(cut -d'"' -f4 rec-peft.jsonl)" || fail "peft LoRA differs"
+    compare_run "$T/peft_ref" lat-peft.st "$(fname rec-peft.jsonl)" || fail "peft LoRA differs"
 }
 run_peft
 grep -q "peft format, 272 of 272 tensors applied" err-peft.txt || fail "LoRA report missing: $(cat err-peft.txt)"
@@ -128,8 +130,9 @@ grep -q "3 prompts failed" jl.err || fail "failures not counted on stderr: $(cat
 # Same seed and settings -> same image.
 "$S" --model "$FX/pipeline" --out same --quiet -p "a face" --seed 3 --steps 2 > s1.jsonl 2>/dev/null
 "$S" --model "$FX/pipeline" --out same --quiet -p "a face" --seed 3 --steps 2 > s2.jsonl 2>/dev/null
-cmp -s "$(cut -d'"' -f4 s1.jsonl)" "$(cut -d'"' -f4 s2.jsonl)" || fail "same seed gave different PNGs"
-[ "$(cut -d'"' -f4 s1.jsonl)" != "$(cut -d'"' -f4 s2.jsonl)" ] || fail "second run overwrote the first PNG"
+$PY -c 'import sys; from PIL import Image; sys.exit(Image.open(sys.argv[1]).tobytes() != Image.open(sys.argv[2]).tobytes())' \
+    "$(fname s1.jsonl)" "$(fname s2.jsonl)" || fail "same seed gave different pixels"
+[ "$(fname s1.jsonl)" != "$(fname s2.jsonl)" ] || fail "second run overwrote the first PNG"
 
 # 4. Long prompt: truncated with a warning.
 long=$(printf 'face %.0s' $(seq 1 100))
@@ -151,8 +154,7 @@ head -c 1000 "$FX/pipeline/unet/diffusion_pytorch_model.safetensors" > trunc/une
 grep -q '"error"' tr.jsonl || fail "truncated UNet file: want an error record"
 
 # 6. The man page's EXAMPLES, with the fixture pipeline as the model.
-MAN=$(dirname "$0")/../../man/df-sample.1
-[ -f "$MAN" ] || MAN=$(cd "$(dirname "$0")/../.." && pwd)/man/df-sample.1
+MAN=$ROOT/man/df-sample.1
 sed -n '/^\.SH EXAMPLES/,/^\.SH /p' "$MAN" | sed -n '/^\.EX/,/^\.EE/p' | grep -v '^\.E[XE]' |
     sed 's/\\-/-/g; s/\\e/\\/g' > examples.sh
 [ -s examples.sh ] || fail "no EXAMPLES in the man page"
