@@ -31,6 +31,15 @@ BIN := $(if $(filter 1,$(SAN)),$(BUILD)/bin,bin)
 # reordering any sum (results are bit-identical to -O2).
 CFLAGS_image_resize := -O3
 
+# lib/rng and lib/scheduler reproduce torch's and numpy's float rounding bit for
+# bit: the compiler must not fuse their multiply-adds (GCC's -std=c11 default;
+# clang would contract).
+CFLAGS_rng := -ffp-contract=off
+CFLAGS_scheduler := -ffp-contract=off
+CFLAGS_scheduler_ddim := -ffp-contract=off
+CFLAGS_scheduler_euler := -ffp-contract=off
+CFLAGS_scheduler_dpm := -ffp-contract=off
+
 LIB_SRC  := $(wildcard lib/*.c)
 LIB_OBJ  := $(patsubst lib/%.c,$(BUILD)/lib/%.o,$(LIB_SRC))
 ifeq ($(CUDA),1)

@@ -740,41 +740,50 @@ df_status df_scheduler_get_velocity(const df_scheduler *s, const float *x0, cons
 
 /* ---- config file ---- */
 
-/* Replace bare NaN / Infinity / -Infinity outside strings by null. */
-static void null_nonfinite(char *p)
+/* Copy src to dst with the bare NaN / Infinity / -Infinity outside strings
+ * replaced by null. dst holds 2 * strlen(src) + 1 bytes ("NaN" grows by one). */
+static void null_nonfinite(const char *p, char *dst)
 {
+    static const char *const toks[] = {"-Infinity", "Infinity", "NaN"};
     bool in_str = false;
-    for (; *p; p++) {
+    while (*p) {
         if (in_str) {
             if (*p == '\\' && p[1])
-                p++;
+                *dst++ = *p++;
             else if (*p == '"')
                 in_str = false;
+            *dst++ = *p++;
             continue;
         }
-        if (*p == '"') {
+        if (*p == '"')
             in_str = true;
-            continue;
-        }
-        static const char *const toks[] = {"-Infinity", "Infinity", "NaN"};
-        for (int k = 0; k < 3; k++) {
-            size_t m = strlen(toks[k]);
-            if (!strncmp(p, toks[k], m)) {
-                memset(p, ' ', m);
-                memcpy(p, "null", 4);
-                p += m - 1;
-                break;
-            }
+        int hit = -1;
+        for (int k = 0; k < 3 && hit < 0; k++)
+            if (!strncmp(p, toks[k], strlen(toks[k])))
+                hit = k;
+        if (hit >= 0) {
+            memcpy(dst, "null", 4);
+            dst += 4;
+            p += strlen(toks[hit]);
+        } else {
+            *dst++ = *p++;
         }
     }
+    *dst = 0;
 }
 
-/* Parse (buf is modified) into a JSON object; what names the source in errors. */
-static df_status parse_text(char *buf, size_t len, const char *what, json_t **out)
+/* Parse into a JSON object; what names the source in errors. */
+static df_status parse_text(const char *text, size_t len, const char *what, json_t **out)
 {
-    null_nonfinite(buf);
+    if (len > (SIZE_MAX - 1) / 2)
+        return df_fail(DF_ERR_RANGE, "%s: too large", what);
+    char *buf = malloc(2 * len + 1);
+    if (!buf)
+        return df_fail(DF_ERR_NOMEM, "%s: out of memory", what);
+    null_nonfinite(text, buf);
     json_error_t je;
-    json_t *j = json_loadb(buf, len, 0, &je);
+    json_t *j = json_loads(buf, 0, &je);
+    free(buf);
     if (!j)
         return df_fail(DF_ERR_FORMAT, "%s:%d: %s", what, je.line, je.text);
     if (!json_is_object(j)) {
@@ -826,15 +835,30 @@ df_status df_scheduler_load_config(const char *path, json_t **out)
     return st;
 }
 
+df_status df_scheduler_load(const char *model_dir, const char *name, const char *prediction_type,
+                            df_scheduler **out)
+{
+    *out = NULL;
+    char path[4096];
+    if ((size_t)snprintf(path, sizeof path, "%s/scheduler/scheduler_config.json", model_dir) >=
+        sizeof path)
+        return df_fail(DF_ERR_RANGE, "%s: path too long", model_dir);
+    json_t *cfg;
+    df_status st = df_scheduler_load_config(path, &cfg);
+    if (st)
+        return st;
+    st = df_scheduler_create(name, cfg, prediction_type, out);
+    json_decref(cfg);
+    if (st) {
+        char why[512];
+        snprintf(why, sizeof why, "%s", df_last_error());   /* df_fail reuses that buffer */
+        return df_fail(st, "%s: %s", path, why);
+    }
+    return DF_OK;
+}
+
 df_status df_scheduler_parse_config(const char *text, json_t **out)
 {
     *out = NULL;
-    size_t len = strlen(text);
-    char *buf = malloc(len + 1);
-    if (!buf)
-        return df_fail(DF_ERR_NOMEM, "scheduler config: out of memory");
-    memcpy(buf, text, len + 1);
-    df_status st = parse_text(buf, len, "scheduler config", out);
-    free(buf);
-    return st;
+    return parse_text(text, strlen(text), "scheduler config", out);
 }

@@ -51,6 +51,12 @@ df_status df_scheduler_create(const char *name, const json_t *config,
                               const char *prediction_type, df_scheduler **out);
 void df_scheduler_free(df_scheduler *s);
 
+/* df_scheduler_create from a diffusers model folder's
+ * scheduler/scheduler_config.json (the pipeline's default scheduler when
+ * name is NULL). */
+df_status df_scheduler_load(const char *model_dir, const char *name, const char *prediction_type,
+                            df_scheduler **out);
+
 /* Read a scheduler_config.json. Unlike a strict JSON parser this accepts the
  * bare NaN / Infinity / -Infinity that Python's json writes (diffusers saves
  * "lambda_min_clipped": -Infinity); they become null, i.e. the default. */

@@ -4,6 +4,8 @@
  * the calling contract (order, sizes, noise source). The full diffusers
  * traces are checked by tests/check-fixtures (refs/schedulers/). */
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "scheduler.h"
 #include "unit.h"
@@ -68,6 +70,27 @@ static void test_errors(void)
     CHECK(df_scheduler_parse_config("{\"a\": ", &bad) == DF_ERR_FORMAT);
     CHECK(df_scheduler_load_config("/nonexistent/scheduler_config.json", &bad) == DF_ERR_NOTFOUND);
     CHECK(strstr(df_last_error(), "/nonexistent/scheduler_config.json") != NULL);
+
+    /* A model folder whose config has an unknown class: the error names the file. */
+    char dir[] = "/tmp/df-test-sched-XXXXXX";
+    CHECK(mkdtemp(dir) != NULL);
+    char sub[64], path[128];
+    snprintf(sub, sizeof sub, "%s/scheduler", dir);
+    snprintf(path, sizeof path, "%s/scheduler_config.json", sub);
+    CHECK(mkdir(sub, 0700) == 0);
+    FILE *f = fopen(path, "w");
+    CHECK(f != NULL);
+    if (f) {
+        fputs("{\"_class_name\": \"HeunDiscreteScheduler\", \"x\": NaN}", f);
+        fclose(f);
+    }
+    CHECK(df_scheduler_load(dir, NULL, NULL, &s) == DF_ERR_NOTFOUND);
+    CHECK(strstr(df_last_error(), path) && strstr(df_last_error(), "HeunDiscreteScheduler"));
+    CHECK(df_scheduler_load(dir, "ddim", NULL, &s) == DF_OK);   /* NaN read as null */
+    df_scheduler_free(s);
+    unlink(path);
+    rmdir(sub);
+    rmdir(dir);
 }
 
 /* SD 2.1's schedule: documented values (betas 0.00085 .. 0.012, DDIM leading
