@@ -542,19 +542,28 @@ void df_sched_karras(const df_scheduler *s, double sigma_min, double sigma_max, 
         out[i] = pow(max_inv + out[i] * (min_inv - max_inv), rho);
 }
 
-/* diffusers' _sigma_to_t: interpolate log sigma against the float32 log
- * training sigmas. */
-double df_sched_sigma_to_t(const df_scheduler *s, double sigma)
+/* log of the float32 training sigmas, as diffusers' np.log(sigmas) (float32). */
+float *df_sched_log_sigmas(const df_scheduler *s)
 {
-    int n = s->num_train;
+    float *l = malloc(sizeof(float) * s->num_train);
+    if (l)
+        for (int k = 0; k < s->num_train; k++)
+            l[k] = logf(df_sched_train_sigma(s, k));
+    return l;
+}
+
+/* diffusers' _sigma_to_t: interpolate log sigma between the two training
+ * sigmas around it (log_sigmas ascending, n entries). */
+double df_sched_sigma_to_t(const float *log_sigmas, int n, double sigma)
+{
     double ls = log(sigma > 1e-10 ? sigma : 1e-10);
     int low = 0;
     for (int k = 0; k < n; k++)
-        if (ls - (double)logf(df_sched_train_sigma(s, k)) >= 0)
+        if (ls - (double)log_sigmas[k] >= 0)
             low = k;
     if (low > n - 2)
         low = n - 2;
-    float lo = logf(df_sched_train_sigma(s, low)), hi = logf(df_sched_train_sigma(s, low + 1));
+    float lo = log_sigmas[low], hi = log_sigmas[low + 1];
     double w = ((double)lo - ls) / (double)(lo - hi);   /* numpy: float32 - float32 stays float32 */
     w = w < 0 ? 0 : w > 1 ? 1 : w;
     return (1 - w) * low + w * (low + 1);

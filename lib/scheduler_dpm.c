@@ -66,9 +66,15 @@ df_status df_sched_dpm_timesteps(df_scheduler *s, int steps)
     for (int k = 0; k < N; k++)
         train[k] = df_sched_train_sigma(s, k);
     if (s->use_karras) {
+        float *ls = df_sched_log_sigmas(s);
+        if (!ls) {
+            free(ts), free(sig), free(train);
+            return df_fail(DF_ERR_NOMEM, "scheduler: out of memory");
+        }
         df_sched_karras(s, train[0], train[N - 1], n, sig);
         for (int k = 0; k < n; k++)
-            ts[k] = df_sched_np_round(df_sched_sigma_to_t(s, sig[k]));
+            ts[k] = df_sched_np_round(df_sched_sigma_to_t(ls, N, sig[k]));
+        free(ls);
     } else {
         for (int k = 0; k < n; k++)
             sig[k] = df_sched_np_interp(ts[k], train, N);

@@ -40,11 +40,17 @@ df_status df_sched_k_timesteps(df_scheduler *s, int steps)
     if (s->use_karras) {
         double smin = s->kind == DF_SK_EULER && !isnan(s->sigma_min) ? s->sigma_min : sig[n - 1];
         double smax = s->kind == DF_SK_EULER && !isnan(s->sigma_max) ? s->sigma_max : sig[0];
+        float *ls = df_sched_log_sigmas(s);
+        if (!ls) {
+            free(ts), free(sig), free(train);
+            return df_fail(DF_ERR_NOMEM, "scheduler: out of memory");
+        }
         df_sched_karras(s, smin, smax, n, sig);
         for (int k = 0; k < n; k++) {
-            double t = df_sched_sigma_to_t(s, sig[k]);
+            double t = df_sched_sigma_to_t(ls, N, sig[k]);
             ts[k] = s->kind == DF_SK_EULER ? (double)(float)t : t;   /* LMS keeps float64 */
         }
+        free(ls);
     }
     free(train);
     s->sigmas = malloc(sizeof(float) * (n + 1));

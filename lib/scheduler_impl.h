@@ -87,7 +87,8 @@ double df_sched_np_interp(double x, const float *fp, int n);         /* interp(x
 float df_sched_train_sigma(const df_scheduler *s, int t);            /* ((1-acp)/acp)^0.5, float32 */
 void df_sched_karras(const df_scheduler *s, double sigma_min, double sigma_max, int steps,
                      double *out);
-double df_sched_sigma_to_t(const df_scheduler *s, double sigma);
+float *df_sched_log_sigmas(const df_scheduler *s);                   /* malloc'd, NULL on OOM */
+double df_sched_sigma_to_t(const float *log_sigmas, int n, double sigma);
 /* Push a model output (copied) into the history ring of length cap. */
 void df_sched_push_hist(df_scheduler *s, const float *v, size_t n, int cap);
 

@@ -68,6 +68,15 @@ static void test_errors(void)
 
     json_t *bad;
     CHECK(df_scheduler_parse_config("{\"a\": ", &bad) == DF_ERR_FORMAT);
+    /* bare NaN / Infinity become null; inside strings they stay text */
+    CHECK(df_scheduler_parse_config("{\"a\": NaN, \"b\": [-Infinity, Infinity], "
+                                    "\"c\": \"NaN \\\" Infinity\"}", &bad) == DF_OK);
+    if (bad) {
+        CHECK(json_is_null(json_object_get(bad, "a")));
+        CHECK(json_is_null(json_array_get(json_object_get(bad, "b"), 1)));
+        CHECK(!strcmp(json_string_value(json_object_get(bad, "c")), "NaN \" Infinity"));
+        json_decref(bad);
+    }
     CHECK(df_scheduler_load_config("/nonexistent/scheduler_config.json", &bad) == DF_ERR_NOTFOUND);
     CHECK(strstr(df_last_error(), "/nonexistent/scheduler_config.json") != NULL);
 
