@@ -823,10 +823,17 @@ static void finish(df_http_pool *p, req *r, CURLcode rc)
     easy_release(p, r);
     char msg[512];
     if (r->abort_err != DF_OK) {
+        df_status err = r->abort_err;
         snprintf(msg, sizeof msg, "%s", r->abort_msg);
-        if (r->abort_restart && sink_restart(r) && maybe_retry(p, r))
-            return;
-        done(p, r, r->abort_err, msg);
+        if (r->abort_restart) {      /* unusable 206: start over from byte 0 */
+            if (!sink_restart(r)) {
+                done(p, r, r->abort_err, r->abort_msg);
+                return;
+            }
+            if (maybe_retry(p, r))
+                return;
+        }
+        done(p, r, err, msg);
         return;
     }
     if (rc != CURLE_OK) {

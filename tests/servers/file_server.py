@@ -19,6 +19,8 @@ that exact path+query, then the file is served normally.
     badlen=+K / -K       Content-Length K too large (then close) / too small
     redirect=N           a chain of N redirects (302) ending at the file
     norange=1            ignore Range (always 200 with the whole file)
+    badrange=1           answer a Range with a 206 whose Content-Range starts
+                         7 bytes later than the body it sends
     times=N              how many requests get the fault (0: all)
 Every request is logged to --log FILE as one JSON line: t (epoch seconds),
 method, path, query, range, auth ("absent", "present", or with --token
@@ -86,7 +88,8 @@ class Handler(BaseHTTPRequestHandler):
                "query": u.query, "range": self.headers.get("Range"),
                "auth": self.auth_state(), "status": 0, "sent": 0, "fault": None}
         fault = None
-        fault_keys = ("status", "slow", "stall", "drop", "truncate", "badlen", "redirect")
+        fault_keys = ("status", "slow", "stall", "drop", "truncate", "badlen", "redirect",
+                      "badrange")
         if any(k in q for k in fault_keys) and take_fault(self.path, int(q.get("times", "1"))):
             fault = next(k for k in fault_keys if k in q)
         rec["fault"] = fault
@@ -202,7 +205,8 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(length))
         self.send_header("Accept-Ranges", "none" if q.get("norange") else "bytes")
         if code == 206:
-            self.send_header("Content-Range", "bytes %d-%d/%d" % (rng[0], rng[1], size))
+            shift = 7 if fault == "badrange" else 0
+            self.send_header("Content-Range", "bytes %d-%d/%d" % (rng[0] + shift, rng[1], size))
         self.end_headers()
         if head:
             return

@@ -226,6 +226,12 @@ grep '"query":"r=part"' "$T/log" | grep -q '"range":"bytes=123456-","auth":"abse
 head -c 5000 "$T/srv/big.bin" > "$T/o4/nr.bin.part"
 echo "{\"url\":\"$U/big.bin?norange=1\",\"file_name\":\"nr.bin\"}" | "$FETCH" --out "$T/o4" > /dev/null 2>&1
 [ "$(sha "$T/o4/nr.bin")" = "$BIG_SHA" ] && ok "200 answer to Range restarts the file" || fail "norange resume corrupted"
+# a 206 that does not start where asked is not appended: the file starts over
+head -c 1000 "$T/srv/big.bin" > "$T/o4/br.bin.part"
+echo "{\"url\":\"$U/big.bin?badrange=1\",\"file_name\":\"br.bin\"}" | "$FETCH" --out "$T/o4" --backoff 0.01 > /dev/null 2>&1
+[ "$(sha "$T/o4/br.bin")" = "$BIG_SHA" ] && [ "$(reqs /big.bin badrange=1)" = 2 ] \
+    && grep '"query":"badrange=1"' "$T/log" | tail -n1 | grep -q '"range":null' \
+    && ok "206 at the wrong offset: restarted from byte 0" || fail "badrange"
 # a .part whose bytes are wrong fails the sha256 and is removed; the next run succeeds
 head -c 2000 /dev/zero > "$T/o4/z.bin.part"
 line="{\"url\":\"$U/big.bin?r=z\",\"file_name\":\"z.bin\",\"sha256\":\"$BIG_SHA\"}"
