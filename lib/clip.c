@@ -319,3 +319,23 @@ df_status df_clip_forward(df_clip *c, const int32_t *ids, int B, int T, float *l
     free(x);
     return st;
 }
+
+df_status df_clip_encode_text(df_clip *c, const df_tokenizer *tok, const char *const *texts,
+                              int B, float *out, size_t *n_untruncated)
+{
+    const int T = df_tokenizer_max_length(tok);
+    if (B < 1 || T > c->cfg.max_positions)
+        return df_fail(DF_ERR_RANGE, "text encoder: %d texts of %d tokens (at most %d positions)",
+                       B, T, c->cfg.max_positions);
+    int32_t *ids = malloc((size_t)B * T * sizeof *ids);
+    if (!ids)
+        return df_fail(DF_ERR_NOMEM, "text encoder: out of memory for %d texts", B);
+    df_status st = DF_OK;
+    for (int b = 0; b < B && !st; b++)
+        st = df_tokenizer_encode(tok, texts[b], ids + (size_t)b * T, NULL,
+                                 n_untruncated ? n_untruncated + b : NULL);
+    if (!st)
+        st = df_clip_forward(c, ids, B, T, out, NULL, NULL);
+    free(ids);
+    return st;
+}

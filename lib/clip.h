@@ -17,7 +17,10 @@
 
 #include <stdint.h>
 
+#include <stddef.h>
+
 #include "status.h"
+#include "tokenizer.h"
 #include "weights.h"
 
 typedef enum { DF_CLIP_ACT_GELU, DF_CLIP_ACT_QUICK_GELU } df_clip_act;
@@ -56,5 +59,12 @@ df_weights *df_clip_weights(df_clip *c);
  * Returns DF_ERR_RANGE for a bad id or T, DF_ERR_NOMEM, or a weight error. */
 df_status df_clip_forward(df_clip *c, const int32_t *ids, int B, int T, float *last_hidden,
                           float *hidden_states, float *pooled);
+
+/* StableDiffusionPipeline.encode_prompt for B texts: tokenize each (padded
+ * and truncated to T = df_tokenizer_max_length), forward, and write
+ * last_hidden_state to out (B,T,C). n_untruncated (B entries, may be NULL)
+ * gets each text's length before truncation (> T: the caller warns). */
+df_status df_clip_encode_text(df_clip *c, const df_tokenizer *tok, const char *const *texts,
+                              int B, float *out, size_t *n_untruncated);
 
 #endif

@@ -6,7 +6,9 @@
  * prompts, set_config.te_prompts, must be identical; max_abs = number of
  * differing ids), then every float tensor of the file the encoder produces
  * (embeddings_output, hidden_states.N, last_hidden_state, pooler_output)
- * within 1e-4 x max(1, max|ref|). Sizes come from the file and the config. */
+ * within 1e-4 x max(1, max|ref|), and last_hidden_state once more through
+ * df_clip_encode_text on the prompts (the pipeline's encode_prompt path).
+ * Sizes come from the file and the config. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -157,6 +159,45 @@ out:
     return fails;
 }
 
+/* The prompts straight to embeddings, against the stored last_hidden_state. */
+static int check_encode_text(const cf_ctx *c, const df_safetensors *ref, int B)
+{
+    const json_t *prompts = json_object_get(json_object_get(c->manifest, "set_config"),
+                                            "te_prompts");
+    const char *name = "last_hidden_state(encode_text)";
+    if (!json_is_array(prompts) || (int)json_array_size(prompts) != B)
+        return fail_line(c, name, "MANIFEST set_config.te_prompts missing or not B prompts");
+    const char **texts = calloc((size_t)B, sizeof *texts);
+    for (int b = 0; texts && b < B; b++) {
+        const char *s = json_string_value(json_array_get(prompts, (size_t)b));
+        texts[b] = s ? s : "";
+    }
+    df_tokenizer *tok = NULL;
+    df_clip *clip = NULL;
+    float *got = NULL, *r = NULL;
+    int fails = 0;
+    const df_st_tensor *t = df_st_find(ref, "last_hidden_state");
+    if (!texts || !t)
+        fails = fail_line(c, name, "no last_hidden_state in the reference file");
+    else if (df_tokenizer_load(cf_path(c, "pipeline/tokenizer"), &tok) ||
+             df_clip_load(cf_path(c, "pipeline/text_encoder"), NULL, &clip) ||
+             df_st_load_f32(ref, "last_hidden_state", -1, NULL, &r))
+        fails = fail_line(c, name, df_last_error());
+    else if (!(got = malloc(t->numel * sizeof *got)) ||
+             t->numel != (size_t)B * df_tokenizer_max_length(tok) * df_clip_get_config(clip)->hidden_size)
+        fails = fail_line(c, name, "reference size differs from the config's");
+    else if (df_clip_encode_text(clip, tok, texts, B, got, NULL))
+        fails = fail_line(c, name, df_last_error());
+    else
+        fails = compare(c, name, got, r, t->numel);
+    free(texts);
+    free(got);
+    free(r);
+    df_clip_free(clip);
+    df_tokenizer_free(tok);
+    return fails;
+}
+
 int cf_check_text_encoder(const cf_ctx *c)
 {
     df_safetensors *ref;
@@ -177,6 +218,7 @@ int cf_check_text_encoder(const cf_ctx *c)
     } else {
         fails += check_ids(c, ids, mask, B, T);
         fails += check_outputs(c, ref, ids, B, T);
+        fails += check_encode_text(c, ref, B);
     }
     free(ids);
     free(mask);
