@@ -314,6 +314,8 @@ parallel --pipe -N 1 -j 2 "$FETCH" --out data2 < urls.jsonl > par.jsonl 2>/dev/n
 cd - > /dev/null
 
 # ---- pipelines/fetch-sd21.sh against a fake hub tree ----------------------
+[ "$(VARIANT=fp16 pipelines/fetch-sd21.sh --list | grep -c '\.fp16\.safetensors"')" = 3 ] \
+    && ok "fetch-sd21.sh VARIANT=fp16 lists the fp16 weights" || fail "VARIANT=fp16 list"
 HF_TOKEN=$TOKEN pipelines/fetch-sd21.sh --list > "$T/sd.list"
 $PY - "$T/sd.list" "$T/srv" <<'EOF'
 import json, os, sys
