@@ -11,7 +11,9 @@
  *
  * Secrets: header values (Authorization, API keys, anything given as a
  * header) are never written to any log or error text by this module, and
- * error texts never contain a URL's query string or user info.
+ * error texts never contain a URL's query string or user info. On a
+ * redirect to another host libcurl drops Authorization and Cookie headers;
+ * other headers are sent on, so secrets belong in Authorization.
  * Proxies and CA bundles come from the environment as libcurl reads them
  * (http_proxy, https_proxy, no_proxy, CURL_CA_BUNDLE, SSL_CERT_FILE...).
  *

@@ -45,13 +45,14 @@ seq 0 $((N_FILES - 1)) | awk -v u="$U" '{printf "%s/s/f%05d.bin\n", u, $1}' > "$
 
 now() { date +%s.%N; }
 elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'; }
-report() {   # label seconds files bytes
-    awk -v l="$1" -v s="$2" -v n="$3" -v b="$4" \
-        'BEGIN { printf "%-44s %7.2f s %9.0f files/s %8.1f MB/s\n", l, s, n / s, b / s / 1e6 }'
+report() {   # label seconds files bytes (files/s only for many files)
+    awk -v l="$1" -v s="$2" -v n="$3" -v b="$4" 'BEGIN {
+        f = n > 1 ? sprintf("%9.0f files/s", n / s) : sprintf("%17s", "")
+        printf "%-44s %7.2f s %s %8.1f MB/s\n", l, s, f, b / s / 1e6 }'
 }
 sync
 small_bytes=$((N_FILES * 50 * 1024))
-echo "loopback, $N_FILES files of 50 KB, $JOBS in flight; $(nproc) cores"
+echo "loopback, $N_FILES files of 50 KB, $JOBS in flight; $(nproc) cores, load $(cut -d" " -f1 /proc/loadavg)"
 
 t0=$(now)
 "$FETCH" --out "$T/o1" -j "$JOBS" --quiet < "$T/list.jsonl" > "$T/out1" 2> "$T/err1"
