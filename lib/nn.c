@@ -411,11 +411,48 @@ void df_nn_downsample_forward(const df_nn_lin *conv, int pad, float *out, const 
     df_conv2d_forward(out, x, conv->w, conv->b, B, C, H, W, C, &g);
 }
 
+/* Rows of nearest upsampling (src = floor(dst*H/OH), as F.interpolate with a
+ * size; exact 2x included): rows [y0,y1) of the (C,OH,OW) map into u. */
+static void upsample_rows(float *u, const float *x, int C, int H, int W, int OH, int OW, int y0,
+                          int y1)
+{
+    int rows = y1 - y0;
+    for (int c = 0; c < C; c++)
+        for (int y = y0; y < y1; y++) {
+            const float *src = x + ((size_t)c * H + (size_t)((long long)y * H / OH)) * W;
+            float *dst = u + ((size_t)c * rows + (y - y0)) * OW;
+            for (int ox = 0; ox < OW; ox++)
+                dst[ox] = src[(long long)ox * W / OW];
+        }
+}
+
+size_t df_nn_upsample_scratch(int C, int OH, int OW)
+{
+    int R = OH < DF_NN_UP_BAND ? OH : DF_NN_UP_BAND;
+    return (size_t)C * OW * ((size_t)R + 2 + (size_t)R);
+}
+
 void df_nn_upsample_forward(const df_nn_lin *conv, float *out, float *u, const float *x, int B,
                             int C, int H, int W, int OH, int OW)
 {
-    df_upsample_nearest_forward(u, x, B, C, H, W, OH, OW);
-    df_conv2d_forward(out, u, conv->w, conv->b, B, C, OH, OW, C, &conv3);
+    // per image and band of output rows [r0,r1): upsample rows [r0-1,r1+1)
+    // (clipped; the conv pads the image edges) into u, conv into ob, copy out
+    for (int b = 0; b < B; b++) {
+        const float *xb = x + (size_t)b * C * H * W;
+        float *yb = out + (size_t)b * C * OH * OW;
+        for (int r0 = 0; r0 < OH; r0 += DF_NN_UP_BAND) {
+            int r1 = r0 + DF_NN_UP_BAND < OH ? r0 + DF_NN_UP_BAND : OH;
+            int ia = r0 > 0 ? r0 - 1 : 0, ib = r1 < OH ? r1 + 1 : OH, R = r1 - r0;
+            float *ob = u + (size_t)C * (ib - ia) * OW;
+            df_conv2d_geom g = {.K = 3, .stride = 1, .pad_t = r0 == 0, .pad_l = 1,
+                                .pad_b = r1 == OH, .pad_r = 1};
+            upsample_rows(u, xb, C, H, W, OH, OW, ia, ib);
+            df_conv2d_forward(ob, u, conv->w, conv->b, 1, C, ib - ia, OW, C, &g);
+            for (int c = 0; c < C; c++)
+                memcpy(yb + ((size_t)c * OH + r0) * OW, ob + (size_t)c * R * OW,
+                       (size_t)R * OW * sizeof *ob);
+        }
+    }
 }
 
 void df_nn_spatial_attn_bind(df_nn_binder *b, df_nn_spatial_attn *a, const char *pre)

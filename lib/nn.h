@@ -105,7 +105,12 @@ void df_nn_resnet_forward(const df_nn_resnet *r, float *x, float *out, float *t,
 void df_nn_downsample_size(int pad, int H, int W, int *OH, int *OW);
 void df_nn_downsample_forward(const df_nn_lin *conv, int pad, float *out, const float *x, int B,
                               int C, int H, int W);
-/* Nearest upsampling to (OH,OW) into u, then 3x3 conv pad 1 into out. */
+/* Nearest upsampling to (OH,OW), then 3x3 conv pad 1: x (B,C,H,W) -> out
+ * (B,C,OH,OW). Computed in bands of DF_NN_UP_BAND output rows, so the
+ * upsampled map is never whole (at 768 px it would be 600 MB): u is scratch
+ * of df_nn_upsample_scratch(C,OH,OW) floats. */
+#define DF_NN_UP_BAND 64
+size_t df_nn_upsample_scratch(int C, int OH, int OW);
 void df_nn_upsample_forward(const df_nn_lin *conv, float *out, float *u, const float *x, int B,
                             int C, int H, int W, int OH, int OW);
 

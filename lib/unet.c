@@ -533,7 +533,7 @@ static void plan_walk(const df_unet *u, plan *p, size_t B, int h, int w, size_t 
         if (k->has_sampler) {
             // the up-sampler targets the size of the skip the next block pops
             H = hs[n - 2 - i], W = ws[n - 2 - i];
-            need(p, R_T, B * (size_t)k->C * H * W);
+            need(p, R_T, df_nn_upsample_scratch(k->C, H, W));
             need(p, R_Q, B * (size_t)k->C * H * W);
         }
     }

@@ -302,9 +302,13 @@ void df_vae_image_size(const df_vae *v, int h, int w, int *H, int *W)
     *W = w << (v->nblocks - 1);
 }
 
-/* Buffers of one image's pass: P, Q, T maps and the attention's q, k, v, o. */
+/* Buffers of one image's pass: the two maps that trade roles at every
+ * layer (sized separately by following the same swaps as the forward: at
+ * 768 px only one of them ever holds the 256-channel 768x768 map), the
+ * resnet/upsampler scratch t, and the attention's q, k, v, o. */
 typedef struct {
-    size_t map, t, tok;
+    size_t map[2], t, tok;
+    int cur;                  /* which map holds the running activation */
 } plan;
 
 static void need(size_t *r, size_t n)
@@ -313,10 +317,13 @@ static void need(size_t *r, size_t n)
         *r = n;
 }
 
+/* A resnet from map[cur] into the other map, which becomes current. */
 static void plan_resnet(plan *p, const df_nn_resnet *r, size_t HW)
 {
-    need(&p->map, (size_t)(r->cin > r->cout ? r->cin : r->cout) * HW);
+    need(&p->map[p->cur], (size_t)(r->cin > r->cout ? r->cin : r->cout) * HW);
+    need(&p->map[!p->cur], (size_t)r->cout * HW);
     need(&p->t, (size_t)r->cout * HW);
+    p->cur = !p->cur;
 }
 
 static void plan_mid(plan *p, const coder *k, size_t HW)
@@ -330,17 +337,18 @@ static void plan_mid(plan *p, const coder *k, size_t HW)
 static plan plan_encoder(const df_vae *v, int H, int W)
 {
     plan p = {0};
-    need(&p.map, (size_t)v->ch[0] * H * W);
+    need(&p.map[0], (size_t)v->ch[0] * H * W);
     for (int i = 0; i < v->nblocks; i++) {
         for (int j = 0; j < v->layers; j++)
             plan_resnet(&p, &v->enc.res[i][j], (size_t)H * W);
         if (i < v->nblocks - 1) {
             df_nn_downsample_size(0, H, W, &H, &W);
-            need(&p.map, (size_t)v->ch[i] * H * W);
+            need(&p.map[!p.cur], (size_t)v->ch[i] * H * W);
+            p.cur = !p.cur;
         }
     }
     plan_mid(&p, &v->enc, (size_t)H * W);
-    need(&p.map, (size_t)2 * v->L * H * W);
+    need(&p.map[!p.cur], (size_t)2 * v->L * H * W);    // conv_out before quant_conv
     return p;
 }
 
@@ -348,15 +356,18 @@ static plan plan_decoder(const df_vae *v, int h, int w)
 {
     plan p = {0};
     int H = h, W = w, n = v->nblocks;
-    need(&p.map, (size_t)(v->ch[n - 1] > v->L ? v->ch[n - 1] : v->L) * H * W);
+    need(&p.map[1], (size_t)v->L * H * W);              // post_quant_conv
+    need(&p.map[0], (size_t)v->ch[n - 1] * H * W);      // conv_in
     plan_mid(&p, &v->dec, (size_t)H * W);
     for (int i = 0; i < n; i++) {
         for (int j = 0; j < v->layers + 1; j++)
             plan_resnet(&p, &v->dec.res[i][j], (size_t)H * W);
         if (i < n - 1) {
+            int C = v->ch[n - 1 - i];
             H *= 2, W *= 2;
-            need(&p.map, (size_t)v->ch[n - 1 - i] * H * W);   // conv output
-            need(&p.t, (size_t)v->ch[n - 1 - i] * H * W);     // upsampled input
+            need(&p.map[!p.cur], (size_t)C * H * W);
+            need(&p.t, df_nn_upsample_scratch(C, H, W));
+            p.cur = !p.cur;
         }
     }
     return p;
@@ -369,7 +380,7 @@ typedef struct {
 /* Grow the arena to the plan; keep it for later calls. */
 static df_status ensure_arena(df_vae *v, const plan *p, bufs *b)
 {
-    size_t total = 0, sizes[7] = {p->map, p->map, p->t, p->tok, p->tok, p->tok, p->tok};
+    size_t total = 0, sizes[7] = {p->map[0], p->map[1], p->t, p->tok, p->tok, p->tok, p->tok};
     for (int i = 0; i < 7; i++)
         if (!df_nn_add(&total, sizes[i]))
             return df_fail(DF_ERR_NOMEM, "vae: activation size overflows");
