@@ -79,6 +79,7 @@ typedef enum { SHARD_BY_INDEX, SHARD_BY_NAME } shard_mode;
 
 typedef struct {
     const char *root, *endpoint, *model, *api_key_env, *prompt, *resume;
+    char *prompt_owned;             /* --prompt-file's text, freed at the end */
     bool no_auth, strict, pending_only;
     int jobs, max_tokens, max_side, retries, shard_k, shard_n;
     double rpm, temperature, timeout, retry_wait;
@@ -802,10 +803,9 @@ static void parse_args(int argc, char **argv, options *o)
     if (o->end >= 0 && o->end < o->start)
         df_usage_error("--end must not be below --start");
     if (prompt_file) {
-        static char *loaded;
-        if (!(loaded = read_prompt_file(prompt_file)))
+        if (!(o->prompt_owned = read_prompt_file(prompt_file)))
             df_usage_error("--prompt-file %s: cannot read it (or over 1 MiB)", prompt_file);
-        o->prompt = loaded;
+        o->prompt = o->prompt_owned;
     }
     if (!o->prompt[0])
         df_usage_error("the prompt is empty");
@@ -912,45 +912,22 @@ static int finish(run_state *rs, queue *q, reader_ctx *rc)
     return rs->o->strict && rs->failed > 0 ? 1 : 0;
 }
 
-int main(int argc, char **argv)
+/* Read, send and write until the input ends or a signal stops us; the
+ * exit status. Everything the reader thread touches is static, because
+ * after a stop the reader may still sit in a blocking read of stdin. */
+static int run(const options *o, const char *key, const body_template *tmpl,
+               json_t *resume_set, bool *joined)
 {
-    df_log_init(argv[0]);
-    options o;
-    parse_args(argc, argv, &o);
-    const char *key = api_key_or_die(&o);
-
-    json_t *resume_set = NULL;
-    long long resumed = 0;
-    if (o.resume) {
-        resume_set = json_object();
-        if (load_resume(o.resume, resume_set, &resumed) != DF_OK) {
-            df_error("--resume %s", df_last_error());
-            return 1;
-        }
-    }
-    body_template tmpl = {0};
-    if (make_template(&o, &tmpl) != DF_OK) {
-        df_error("%s", df_last_error());
-        return 1;
-    }
-    static char auth[4200];
-    g_pool = make_pool(&o, key, auth, sizeof auth);
-    if (!g_pool) {
-        df_error("%s", df_last_error());
-        return 1;
-    }
-    install_signals();
-
     static run_state rs;
-    rs = (run_state){.o = &o, .api_key = key};
+    rs = (run_state){.o = o, .api_key = key};
     g_run = &rs;
-    df_progress_start(&rs.progress, "caption", 0, o.progress);
-    static queue q;       /* static: a reader left in read(2) at exit may touch it */
-    q.cap = (size_t)o.jobs + 1;
+    df_progress_start(&rs.progress, "caption", 0, o->progress);
+    static queue q;
+    q.cap = (size_t)o->jobs + 1;
     pthread_mutex_init(&q.lock, NULL);
     pthread_cond_init(&q.cond, NULL);
     static reader_ctx rc;
-    rc = (reader_ctx){.o = &o, .tmpl = &tmpl, .resume_set = resume_set, .q = &q};
+    rc = (reader_ctx){.o = o, .tmpl = tmpl, .resume_set = resume_set, .q = &q};
     pthread_t reader;
     if (start_reader(&reader, &rc) != 0) {
         df_error("cannot start the reader thread");
@@ -958,17 +935,55 @@ int main(int argc, char **argv)
     }
     run_loop(&rs, &q);
     int code = finish(&rs, &q, &rc);
-    /* After a stop the reader may sit in a blocking read of stdin: give it
-     * a moment, and if it does not end, exit without freeing what it uses. */
+    /* After a stop, give the reader a moment; if it does not end, the
+     * caller exits without freeing what it uses. */
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     ts.tv_sec += 2;
-    if (g_stop ? pthread_timedjoin_np(reader, NULL, &ts) == 0 : pthread_join(reader, NULL) == 0) {
+    *joined = g_stop ? pthread_timedjoin_np(reader, NULL, &ts) == 0
+                     : pthread_join(reader, NULL) == 0;
+    return code;
+}
+
+int main(int argc, char **argv)
+{
+    df_log_init(argv[0]);
+    static options o;
+    parse_args(argc, argv, &o);
+    const char *key = api_key_or_die(&o);
+
+    static json_t *resume_set;
+    static body_template tmpl;
+    static char auth[4200];
+    long long resumed = 0;
+    bool joined = true;
+    int code = 1;
+    if (o.resume) {
+        resume_set = json_object();
+        if (load_resume(o.resume, resume_set, &resumed) != DF_OK) {
+            df_error("--resume %s", df_last_error());
+            goto out;
+        }
+    }
+    if (make_template(&o, &tmpl) != DF_OK) {
+        df_error("%s", df_last_error());
+        goto out;
+    }
+    g_pool = make_pool(&o, key, auth, sizeof auth);
+    if (!g_pool) {
+        df_error("%s", df_last_error());
+        goto out;
+    }
+    install_signals();
+    code = run(&o, key, &tmpl, resume_set, &joined);
+out:
+    if (joined) {
         df_http_pool_free(g_pool);
         g_pool = NULL;
         json_decref(resume_set);
         free(tmpl.head);
         free(tmpl.tail);
+        free(o.prompt_owned);
     }
     return code;
 }

@@ -383,4 +383,7 @@ HOSTS=$T/hosts.txt OUT=$T/img/all-captions.jsonl bash pipelines/caption.sh "$T/i
 [ "$(wc -l < "$T/log10")" -eq 40 ] && [ "$(wc -l < "$T/img/all-captions.jsonl")" -eq 40 ] || fail "pipeline rerun sent or wrote again"
 unset API_KEY_ENV CAPTION_FLAGS
 stop_server
+# Under SAN=1 a sanitizer report fails the exit status already; also look
+# at the stderr files of runs whose status is not the point.
+if grep -l 'Sanitizer' "$T"/err* 2>/dev/null; then fail "sanitizer report above"; fi
 echo "all df-caption tests passed"
