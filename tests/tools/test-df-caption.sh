@@ -209,6 +209,9 @@ cat > "$T/faults.json" <<'EOF'
  "10.png": ["null_content"]}
 EOF
 start_server "$T/log4" --model "$MODEL" --api-key "$DF_TEST_KEY" --faults "$T/faults.json"
+# Faults can also be set at run time through the control endpoint.
+curl -sf -X POST --data '{"11.png": ["503", "ok"]}' "http://127.0.0.1:$PORT/_control/faults" > /dev/null ||
+    fail "control endpoint"
 cap -j 4 --retries 2 --retry-wait 0.05 --timeout 1.5 < "$T/twelve.jsonl" > "$T/out6"
 $PY - "$T/out6" "$T/log4" <<'EOF' || fail "faults"
 import json, sys
@@ -222,7 +225,7 @@ want = {  # file: (requests the server saw, "text" or the start of the error)
     "sub/03.jpg": (2, "text"), "04.png": (2, "text"), "05.png": (1, "malformed JSON response"),
     "sub/06.jpg": (1, "empty choices"), "07.png": (2, "text"), "08.png": (1, "HTTP 400: injected 400"),
     "sub/09.jpg": (1, "malformed JSON response"), "10.png": (1, "no message content"),
-    "11.png": (1, "text")}
+    "11.png": (2, "text")}
 bad = []
 for f, (count, what) in want.items():
     r = out.get(f)
