@@ -757,89 +757,165 @@ static bool id_push(idbuf *b, int32_t id)
     return true;
 }
 
-/* A symbol is the byte span [s, e) of the encoded word, plus "</w>" when
- * it ends the word. */
-typedef struct { size_t s, e; bool eow; } sym;
+/* The word being merged: symbol i is the byte span [s[i], e[i]) of the
+ * encoded word, "</w>" appended when it ends the word (e == len); merged
+ * symbols keep the left one's index and unlink the right one. */
+typedef struct {
+    const char *enc;
+    size_t len;
+    size_t *s, *e;
+    uint32_t *next;       /* UINT32_MAX at the end */
+    uint32_t *prev;       /* UINT32_MAX at the start */
+    bool *alive;
+    char *buf;            /* scratch for pair keys */
+} bword;
 
-/* Symbol text (with "</w>") into buf; returns its length. */
-static size_t sym_text(const char *enc, sym a, char *buf)
+/* A candidate merge of the adjacent symbols left, right, as they were
+ * when it was queued (their ends tell whether they changed since). */
+typedef struct {
+    int32_t rank;
+    uint32_t left, right;
+    size_t left_end, right_end;
+} bpair;
+
+static size_t sym_text(const bword *w, uint32_t i, char *buf)
 {
-    size_t n = a.e - a.s;
-    memcpy(buf, enc + a.s, n);
-    if (a.eow) {
+    size_t n = w->e[i] - w->s[i];
+    memcpy(buf, w->enc + w->s[i], n);
+    if (w->e[i] == w->len) {
         memcpy(buf + n, "</w>", 4);
         n += 4;
     }
     return n;
 }
 
-static int32_t pair_rank(const df_tokenizer *t, const char *enc, sym a, sym b, char *buf)
+static int32_t pair_rank(const df_tokenizer *t, const bword *w, uint32_t a, uint32_t b)
 {
-    size_t n = sym_text(enc, a, buf);
-    buf[n++] = ' ';
-    n += sym_text(enc, b, buf + n);
+    size_t n = sym_text(w, a, w->buf);
+    w->buf[n++] = ' ';
+    n += sym_text(w, b, w->buf + n);
     int32_t r;
-    return ht_get(&t->merges, buf, n, &r) ? r : INT32_MAX;
+    return ht_get(&t->merges, w->buf, n, &r) ? r : INT32_MAX;
 }
 
-static bool sym_eq(const char *enc, sym a, sym b)
+/* Min-heap on (rank, left): equal ranks come out left to right. */
+static bool pair_less(const bpair *x, const bpair *y)
 {
-    return a.eow == b.eow && a.e - a.s == b.e - b.s && !memcmp(enc + a.s, enc + b.s, a.e - a.s);
+    return x->rank < y->rank || (x->rank == y->rank && x->left < y->left);
 }
 
-/* CLIPTokenizer.bpe: repeatedly merge every occurrence (left to right,
- * non-overlapping) of the adjacent pair with the lowest merge rank, until
- * no pair has a rank. Ranks of pairs untouched by a pass are kept. */
+static void heap_push(bpair *h, size_t *n, bpair p)
+{
+    size_t i = (*n)++;
+    for (; i > 0 && pair_less(&p, &h[(i - 1) / 2]); i = (i - 1) / 2)
+        h[i] = h[(i - 1) / 2];
+    h[i] = p;
+}
+
+static bpair heap_pop(bpair *h, size_t *n)
+{
+    bpair top = h[0], last = h[--*n];
+    size_t i = 0;
+    for (;;) {
+        size_t c = 2 * i + 1;
+        if (c >= *n)
+            break;
+        if (c + 1 < *n && pair_less(&h[c + 1], &h[c]))
+            c++;
+        if (!pair_less(&h[c], &last))
+            break;
+        h[i] = h[c];
+        i = c;
+    }
+    if (*n)
+        h[i] = last;
+    return top;
+}
+
+static void queue_pair(const df_tokenizer *t, const bword *w, bpair *h, size_t *n, uint32_t a)
+{
+    uint32_t b = w->next[a];
+    if (b == UINT32_MAX)
+        return;
+    int32_t r = pair_rank(t, w, a, b);
+    if (r != INT32_MAX)
+        heap_push(h, n, (bpair){r, a, b, w->e[a], w->e[b]});
+}
+
+static bool pair_valid(const bword *w, const bpair *p)
+{
+    return w->alive[p->left] && w->alive[p->right] && w->next[p->left] == p->right &&
+           w->e[p->left] == p->left_end && w->e[p->right] == p->right_end;
+}
+
+/* One pass of CLIPTokenizer.bpe: merge every occurrence of the lowest-rank
+ * pair, left to right and non-overlapping (an occurrence whose symbols an
+ * earlier one consumed is stale). New neighbour pairs are queued only after
+ * the pass, as Python recomputes the pairs after it. */
+static size_t merge_pass(const df_tokenizer *t, bword *w, bpair *h, size_t *n, uint32_t *touched)
+{
+    int32_t rank = h[0].rank;
+    size_t nt = 0;
+    while (*n && h[0].rank == rank) {
+        bpair p = heap_pop(h, n);
+        if (!pair_valid(w, &p))
+            continue;
+        uint32_t a = p.left, b = p.right;
+        w->e[a] = w->e[b];
+        w->alive[b] = false;
+        w->next[a] = w->next[b];
+        if (w->next[b] != UINT32_MAX)
+            w->prev[w->next[b]] = a;
+        touched[nt++] = a;
+    }
+    return nt;
+}
+
+/* CLIPTokenizer.bpe on the m characters of an encoded word (character i
+ * starts at byte starts[i]): merge the lowest-rank adjacent pair everywhere
+ * until no pair has a rank. A heap of candidate pairs keeps this
+ * O(m log m), so a long run of letters cannot stall the tokenizer. */
 static bool bpe_word(const df_tokenizer *t, const char *enc, size_t len, const size_t *starts,
                      size_t m, idbuf *out)
 {
-    sym *w = malloc(m * sizeof *w), *nw = malloc(m * sizeof *nw);
-    int32_t *rank = malloc(m * sizeof *rank), *nrank = malloc(m * sizeof *nrank);
-    bool *merged = malloc(m * sizeof *merged);
-    char *buf = malloc(2 * len + 16);
-    bool ok = w && nw && rank && nrank && merged && buf;
-    for (size_t i = 0; ok && i < m; i++)
-        w[i] = (sym){starts[i], i + 1 < m ? starts[i + 1] : len, i + 1 == m};
-    for (size_t i = 0; ok && i < m; i++)
-        rank[i] = i + 1 < m ? pair_rank(t, enc, w[i], w[i + 1], buf) : INT32_MAX;
-    while (ok && m > 1) {
-        size_t best = 0;
-        for (size_t i = 1; i + 1 < m; i++)
-            if (rank[i] < rank[best])
-                best = i;
-        if (rank[best] == INT32_MAX)
-            break;
-        sym first = w[best], second = w[best + 1];
-        size_t k = 0;
-        for (size_t i = 0; i < m; k++) {
-            if (i + 1 < m && sym_eq(enc, w[i], first) && sym_eq(enc, w[i + 1], second)) {
-                nw[k] = (sym){w[i].s, w[i + 1].e, w[i + 1].eow};
-                merged[k] = true;
-                i += 2;
-            } else {
-                nw[k] = w[i];
-                merged[k] = false;
-                nrank[k] = rank[i];   /* valid if it and its right neighbour stay */
-                i += 1;
-            }
-        }
-        for (size_t i = 0; i < k; i++)
-            if (i + 1 == k)
-                nrank[i] = INT32_MAX;
-            else if (merged[i] || merged[i + 1])
-                nrank[i] = pair_rank(t, enc, nw[i], nw[i + 1], buf);
-        sym *ts = w; w = nw; nw = ts;
-        int32_t *tr = rank; rank = nrank; nrank = tr;
-        m = k;
+    if (m >= UINT32_MAX / 4)
+        return false;
+    bword w = {enc, len, malloc(m * sizeof(size_t)), malloc(m * sizeof(size_t)),
+               malloc(m * sizeof(uint32_t)), malloc(m * sizeof(uint32_t)), malloc(m),
+               malloc(2 * len + 16)};
+    /* each merge queues at most two pairs: m initial + 2m later */
+    bpair *heap = malloc(3 * m * sizeof *heap);
+    uint32_t *touched = malloc(m * sizeof *touched);
+    bool ok = w.s && w.e && w.next && w.prev && w.alive && w.buf && heap && touched;
+    size_t nh = 0;
+    for (uint32_t i = 0; ok && i < m; i++) {
+        w.s[i] = starts[i];
+        w.e[i] = i + 1 < m ? starts[i + 1] : len;
+        w.next[i] = i + 1 < m ? i + 1 : UINT32_MAX;
+        w.prev[i] = i > 0 ? i - 1 : UINT32_MAX;
+        w.alive[i] = true;
     }
-    for (size_t i = 0; ok && i < m; i++) {
-        size_t n = sym_text(enc, w[i], buf);
+    for (uint32_t i = 0; ok && i + 1 < m; i++)
+        queue_pair(t, &w, heap, &nh, i);
+    while (ok && nh) {
+        size_t nt = merge_pass(t, &w, heap, &nh, touched);
+        for (size_t k = 0; k < nt; k++) {
+            uint32_t a = touched[k];
+            if (w.prev[a] != UINT32_MAX)
+                queue_pair(t, &w, heap, &nh, w.prev[a]);
+            queue_pair(t, &w, heap, &nh, a);
+        }
+    }
+    /* symbol 0 is never the right side of a merge, so the word starts there */
+    for (uint32_t i = 0; ok && i != UINT32_MAX; i = w.next[i]) {
+        size_t n = sym_text(&w, i, w.buf);
         int32_t id;
-        if (!ht_get(&t->vocab, buf, n, &id))
+        if (!ht_get(&t->vocab, w.buf, n, &id))
             id = t->unk;
         ok = id_push(out, id);
     }
-    free(w); free(nw); free(rank); free(nrank); free(merged); free(buf);
+    free(w.s); free(w.e); free(w.next); free(w.prev); free(w.alive); free(w.buf);
+    free(heap); free(touched);
     return ok;
 }
 

@@ -82,6 +82,32 @@ static void test_long(void)
     for (int i = 0; i < L; i++)
         CHECK(mask[i] == 1);
     free(s);
+    /* One 300000-letter word: BPE is O(n log n), and the token strings
+     * spell the word back, "</w>" on the last one. */
+    size_t wl = 300000;
+    char *word = malloc(wl + 1), *back = malloc(2 * wl + 16);
+    unsigned seed = 1;
+    for (size_t i = 0; i < wl; i++) {
+        seed = seed * 1103515245u + 12345u;
+        word[i] = (char)('a' + (seed >> 16) % 26);
+    }
+    word[wl] = '\0';
+    int32_t *wid = NULL;
+    size_t wn = 0, bl = 0;
+    CHECK(df_tokenizer_tokenize(tk, word, &wid, &wn) == DF_OK && wn > 0 && wn < wl);
+    for (size_t i = 0; i < wn; i++) {
+        const char *tok = df_tokenizer_token(tk, wid[i]);
+        size_t k = tok ? strlen(tok) : 0;
+        if (bl + k < 2 * wl + 16) {
+            memcpy(back + bl, tok, k);
+            bl += k;
+        }
+    }
+    CHECK(bl == wl + 4 && !memcmp(back, word, wl) && !memcmp(back + wl, "</w>", 4));
+    free(word);
+    free(back);
+    free(wid);
+
     /* Over 1 MiB is refused with a status, not a crash or a stall. */
     size_t big = ((size_t)1 << 20) + 1;
     char *b = malloc(big + 1);
@@ -154,6 +180,23 @@ static void test_bpe_order(const char *dir)
     /* No pad in either file: transformers' default pad is <|endoftext|>. */
     CHECK(df_tokenizer_pad_id(t) == 7 && df_tokenizer_max_length(t) == 77);
     df_tokenizer_free(t);
+
+    /* Merges out of learned order ("ab a" ranked before "a b"): one pass
+     * merges EVERY "a b" before "ab a" is considered, so "ababx" is
+     * ab ab x</w> (5 5 9), not aba b x</w> as merging one pair at a time
+     * would give; "abab" is ab a b</w> after the pass, then aba b</w> (8 3).
+     * transformers gives the same. */
+    write_file(dir, "vocab.json",
+               "{\"a\":0,\"b\":1,\"a</w>\":2,\"b</w>\":3,\"ab</w>\":4,\"ab\":5,"
+               "\"<|startoftext|>\":6,\"<|endoftext|>\":7,\"aba\":8,\"x</w>\":9,\"x\":10}");
+    write_file(dir, "merges.txt", "#version: 0.2\nab a\na b\n");
+    CHECK(df_tokenizer_load(dir, &t) == DF_OK);
+    if (t) {
+        CHECK(df_tokenizer_tokenize(t, "ababx abab", &ids, &n) == DF_OK);
+        CHECK(n == 5 && ids[0] == 5 && ids[1] == 5 && ids[2] == 9 && ids[3] == 8 && ids[4] == 3);
+        free(ids);
+        df_tokenizer_free(t);
+    }
 
     /* Load errors name the file. */
     write_file(dir, "special_tokens_map.json", "{\"pad_token\": \"zz\"}");
