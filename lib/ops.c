@@ -269,25 +269,38 @@ typedef struct {
     const df_conv2d_geom *g;
 } bsrc;
 
-/* One im2col row: the values of tap (c,kh,kw) at outputs n0..n0+nb, written
- * 64 to a strip (dst[j] for j in strip s lands at s*kb*64 + j%64). Runs along
- * output rows: whole runs of zeros or, for stride 1, straight copies. */
-static void pack_im2col_row(float *dst, size_t strip, const bsrc *s, int k, int n0, int nb)
+/* One im2col row into row[0..nb): the values of tap (c,kh,kw) at outputs
+ * n0..n0+nb. Runs along output rows: padding rows are zeros; for stride 1 the
+ * rest is zeros at the edges and one straight copy between. */
+static void im2col_row(float *row, const bsrc *s, int k, int n0, int nb)
 {
     const df_conv2d_geom *g = s->g;
-    int K = g->K, c = k / (K * K), kh = k / K % K, kw = k % K, st = g->stride;
-    const float *img = s->p + (size_t)c * s->H * s->W;
+    int K = g->K, c = k / (K * K), kh = k / K % K, kw = k % K, st = g->stride, W = s->W;
+    const float *img = s->p + (size_t)c * s->H * W;
     int oh = n0 / s->OW, ow = n0 % s->OW;
     for (int j = 0; j < nb;) {
         int run = s->OW - ow < nb - j ? s->OW - ow : nb - j;   // rest of this output row
         int ih = oh * st - g->pad_t + kh;
-        const float *row = img + (size_t)ih * s->W;
-        for (int e = 0; e < run; e++, j++) {
-            int iw = (ow + e) * st - g->pad_l + kw;
-            dst[(size_t)(j / 64) * strip + j % 64] =
-                ih >= 0 && ih < s->H && iw >= 0 && iw < s->W ? row[iw] : 0.0f;
+        const float *src = img + (size_t)ih * W;
+        float *d = row + j;
+        if (ih < 0 || ih >= s->H) {
+            memset(d, 0, sizeof(float) * run);
+        } else if (st == 1) {
+            // iw = ow + e - pad_l + kw: valid for e in [e0, e1)
+            int base = ow - g->pad_l + kw;
+            int e0 = base < 0 ? -base : 0, e1 = W - base < run ? W - base : run;
+            e0 = e0 > run ? run : e0;
+            e1 = e1 < e0 ? e0 : e1;
+            memset(d, 0, sizeof(float) * e0);
+            memcpy(d + e0, src + base + e0, sizeof(float) * (e1 - e0));
+            memset(d + e1, 0, sizeof(float) * (run - e1));
+        } else {
+            for (int e = 0; e < run; e++) {
+                int iw = (ow + e) * st - g->pad_l + kw;
+                d[e] = iw >= 0 && iw < W ? src[iw] : 0.0f;
+            }
         }
-        ow = 0, oh++;
+        j += run, ow = 0, oh++;
     }
 }
 
@@ -298,7 +311,10 @@ static void pack_b(float *dst, const bsrc *s, int k0, int kb, int n0, int nb)
     for (int k = 0; k < kb; k++) {
         float *d = dst + (size_t)k * 64;
         if (s->kind == B_IM2COL) {
-            pack_im2col_row(d, strip, s, k0 + k, n0, nb);
+            float row[NB];
+            im2col_row(row, s, k0 + k, n0, nb);
+            for (int j = 0; j < nb; j += 64)
+                memcpy(d + (size_t)(j / 64) * strip, row + j, sizeof(float) * (nb - j < 64 ? nb - j : 64));
         } else if (s->kind == B_ROWS) {
             const float *src = s->p + (size_t)(k0 + k) * s->ld + n0;
             for (int j = 0; j < nb; j += 64)
