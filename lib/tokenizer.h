@@ -46,8 +46,8 @@ const char *df_tokenizer_token(const df_tokenizer *t, int32_t id);
 
 /* BPE ids of text (NUL-terminated UTF-8) without bos/eos and without
  * truncation: tokenizer.tokenize() mapped to ids. *ids is malloc'd (free it;
- * NULL when *n == 0). Texts over 1 MiB are refused (DF_ERR_RANGE): BPE cost
- * grows with the square of a word's length. */
+ * NULL when *n == 0). Texts over 1 MiB are refused (DF_ERR_RANGE): no
+ * prompt is that long, and a record should not cost unbounded memory. */
 df_status df_tokenizer_tokenize(const df_tokenizer *t, const char *text, int32_t **ids,
                                 size_t *n);
 
