@@ -2,7 +2,8 @@
  * seconds and the three HTTP-date forms), backoff bounds, the rate limiter's
  * window guarantee, URL redaction; and the pool itself against a one-thread
  * canned-response server on 127.0.0.1 (retries counted, Retry-After and a
- * POST body seen by the server, error status after the retry budget).
+ * POST body seen by the server, error status after the retry budget, a
+ * streamed body resumed with Range, restarted on a 200, cut by max_bytes).
  * The whole pool under faults is tested by tests/tools/test-df-fetch.sh. */
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -142,7 +143,7 @@ static void *canned_main(void *arg)
             if (got >= (size_t)(eoh + 4 - c->seen[k]) + want || got >= sizeof c->seen[k] - 1)
                 break;
         }
-        ssize_t w = write(fd, c->responses[k], strlen(c->responses[k]));
+        ssize_t w = send(fd, c->responses[k], strlen(c->responses[k]), MSG_NOSIGNAL);
         (void)w;
         close(fd);
     }
@@ -258,6 +259,90 @@ static void test_pool_gives_up(void)
     df_http_pool_free(q);
 }
 
+/* A streamed sink that records what it was given, and the outcome. */
+typedef struct {
+    char data[256];
+    size_t len;
+    int rewinds;
+    df_status err;
+    int attempts;
+    uint64_t offset;
+    int64_t total;
+    char error[256];
+} sink;
+
+static bool sink_write(void *user, const void *d, size_t n)
+{
+    sink *k = user;
+    if (k->len + n > sizeof k->data)
+        return false;
+    memcpy(k->data + k->len, d, n);
+    k->len += n;
+    return true;
+}
+
+static bool sink_rewind(void *user, uint64_t at)
+{
+    sink *k = user;
+    k->rewinds++;
+    k->len = (size_t)at;
+    return true;
+}
+
+static void on_sink_done(const df_http_result *r)
+{
+    sink *k = r->user;
+    k->err = r->err;
+    k->attempts = r->attempts;
+    k->offset = r->offset;
+    k->total = r->total_size;
+    snprintf(k->error, sizeof k->error, "%s", r->error);
+}
+
+/* Resume from offset 4: a 206 continues the sink, a 200 rewinds it, and a
+ * size over max_bytes stops at once without a retry. */
+static void test_pool_stream(void)
+{
+    static const char *const resp[] = {
+        "HTTP/1.1 206 Partial\r\nContent-Range: bytes 4-9/10\r\nContent-Length: 6\r\n"
+        "Connection: close\r\n\r\n456789",
+        "HTTP/1.1 200 OK\r\nContent-Length: 10\r\nConnection: close\r\n\r\nabcdefghij",
+        "HTTP/1.1 200 OK\r\nContent-Length: 100\r\nConnection: close\r\n\r\n0123456789",
+    };
+    canned c = {.n = 3, .responses = resp};
+    pthread_t th;
+    CHECK(canned_start(&c, &th));
+    df_http_options o;
+    df_http_options_default(&o);
+    o.max_in_flight = 1;          /* one connection at a time, in order */
+    o.backoff_base_s = 0.01;
+    df_http_pool *p = df_http_pool_new(&o);
+    char url[64];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/f", c.port);
+    sink k[3] = {{.len = 4}, {.len = 4}, {.len = 0}};
+    memcpy(k[0].data, "0123", 4);
+    memcpy(k[1].data, "0123", 4);
+    for (int i = 0; i < 3; i++) {
+        df_http_request rq = {.url = url, .write = sink_write, .rewind = sink_rewind,
+                              .resume_from = k[i].len, .max_bytes = i == 2 ? 50 : 0,
+                              .user = &k[i], .done = on_sink_done};
+        CHECK(df_http_submit(p, &rq) == DF_OK);
+    }
+    CHECK(df_http_pool_run(p, NULL) == DF_OK);
+    pthread_join(th, NULL);
+    close(c.lfd);
+    df_http_pool_free(p);
+    CHECK(strstr(c.seen[0], "\r\nRange: bytes=4-\r\n") != NULL);
+    CHECK(strstr(c.seen[1], "\r\nRange: bytes=4-\r\n") != NULL);
+    CHECK(strstr(c.seen[2], "Range:") == NULL);
+    CHECK(k[0].err == DF_OK && k[0].len == 10 && memcmp(k[0].data, "0123456789", 10) == 0);
+    CHECK(k[0].rewinds == 0 && k[0].offset == 10 && k[0].total == 10);
+    CHECK(k[1].err == DF_OK && k[1].len == 10 && memcmp(k[1].data, "abcdefghij", 10) == 0);
+    CHECK(k[1].rewinds == 1 && k[1].offset == 10 && k[1].total == 10);
+    CHECK(k[2].err == DF_ERR_RANGE && k[2].attempts == 1 && k[2].len == 0);
+    CHECK_MSG(strstr(k[2].error, "too large") != NULL, "%s", k[2].error);
+}
+
 int main(void)
 {
     test_retry_after();
@@ -266,5 +351,6 @@ int main(void)
     test_redact();
     test_pool_retries();
     test_pool_gives_up();
+    test_pool_stream();
     UNIT_END();
 }
