@@ -47,16 +47,18 @@ for i in range(n):
     Image.fromarray(np.clip(a, 0, 255).astype(np.uint8)).save(f"{out}/img{i:04d}.jpg", quality=90)
 EOF
 
-rate() {   # label, command...: runs it; prints images/s of wall time and per CPU-second
-    local label=$1; shift
+rate() {   # key, label, command...: runs it; prints images/s of wall time and
+           # per CPU-second; leaves "wall cpu" rates in $T/rate.KEY
+    local key=$1 label=$2; shift 2
     local TIMEFORMAT='%R %U %S'
     { time "$@" >/dev/null 2>"$T/err"; } 2>"$T/time" || { echo "$label: failed: $(tail -1 "$T/err")"; return; }
+    awk -v n="$N" '{ print n / $1, n / ($2 + $3) }' "$T/time" >"$T/rate.$key"
     awk -v n="$N" -v l="$label" '{ printf "%-40s %7.1f images/s wall, %7.1f images per CPU-second (%.2f s, cpu %.2f s)\n", l, n / $1, n / ($2 + $3), $1, $2 + $3 }' "$T/time"
 }
 
 echo "$N images 1024x1024 JPEG -> 768x768 JPEG q95, center crop, Lanczos; $(nproc) CPUs (shared)"
-rate "df-resize -j1" "$R" --root "$T/in" --scan --out "$T/o1" --quiet -j 1 | tee "$T/r1"
-rate "df-resize -j2" "$R" --root "$T/in" --scan --out "$T/o2" --quiet -j 2 | tee "$T/r2"
+rate j1 "df-resize -j1" "$R" --root "$T/in" --scan --out "$T/o1" --quiet -j 1
+rate j2 "df-resize -j2" "$R" --root "$T/in" --scan --out "$T/o2" --quiet -j 2
 cat >"$T/pil.py" <<'EOF'
 import os, sys
 from PIL import Image, ImageOps
@@ -66,15 +68,16 @@ for f in sorted(os.listdir(src)):
     im = Image.open(os.path.join(src, f)).convert("RGB")
     ImageOps.fit(im, (768, 768), Image.LANCZOS).save(os.path.join(dst, f), quality=95)
 EOF
-rate "Pillow $($PY -c 'import PIL; print(PIL.__version__)') (one process)" $PY "$T/pil.py" "$T/in" "$T/op" | tee "$T/rp"
+rate pil "Pillow $($PY -c 'import PIL; print(PIL.__version__)') (one process)" $PY "$T/pil.py" "$T/in" "$T/op"
 # On a shared machine wall time depends on the neighbours; CPU time per
 # image is the per-core cost, so the ratio is taken on it.
-awk 'FNR == 1 { w[FILENAME] = $(NF - 10); c[FILENAME] = $(NF - 7) }
-     END { printf "per core (images per CPU-second): df-resize -j1 / Pillow = %.2fx, -j2 / Pillow = %.2fx; wall -j2 / -j1 = %.2fx\n",
-           c[ARGV[1]] / c[ARGV[3]], c[ARGV[2]] / c[ARGV[3]], w[ARGV[2]] / w[ARGV[1]] }' "$T/r1" "$T/r2" "$T/rp"
+[ -f "$T/rate.j1" ] && [ -f "$T/rate.j2" ] && [ -f "$T/rate.pil" ] &&
+    paste "$T/rate.j1" "$T/rate.j2" "$T/rate.pil" | awk '{
+        printf "per core (images per CPU-second): df-resize -j1 / Pillow = %.2fx, -j2 / Pillow = %.2fx\n", $2 / $6, $4 / $6
+        printf "wall: df-resize -j1 / Pillow = %.2fx, -j2 / -j1 = %.2fx\n", $1 / $5, $3 / $1 }'
 echo "DCT scaling at 1024 -> 256 (decode at 1/2: 512, then Lanczos), PNG out, -j1:"
-rate "df-resize --size 256" "$R" --root "$T/in" --scan --out "$T/d1" --quiet --size 256 --format png
-rate "df-resize --size 256 --no-dct-scaling" "$R" --root "$T/in" --scan --out "$T/d0" --quiet --size 256 --format png --no-dct-scaling
+rate d1 "df-resize --size 256" "$R" --root "$T/in" --scan --out "$T/d1" --quiet --size 256 --format png
+rate d0 "df-resize --size 256 --no-dct-scaling" "$R" --root "$T/in" --scan --out "$T/d0" --quiet --size 256 --format png --no-dct-scaling
 $PY - "$T/d1" "$T/d0" <<'EOF'
 import math, os, sys
 import numpy as np

@@ -731,6 +731,70 @@ static void test_resize(void)
     CHECK(df_image_resize(&a, 10, 10, &b) == DF_ERR_ARG);   /* empty input */
 }
 
+/* Reference: the same filter written the slow way, in double, one output
+ * pixel at a time (Pillow's definition: center (i + 0.5) * scale, support
+ * 3 * max(scale, 1), weights normalized, edges clamped to the image). */
+static double ref_lanczos(double x)
+{
+    x = fabs(x);
+    if (x < 1e-12) return 1;
+    if (x >= 3) return 0;
+    return 3 * sin(M_PI * x) * sin(M_PI * x / 3) / (M_PI * M_PI * x * x);
+}
+
+static int ref_weights(int in, double b0, double b1, int out, int i, double *w, int *lo)
+{
+    double scale = (b1 - b0) / out, fs = scale < 1 ? 1 : scale, sup = 3 * fs;
+    double c = b0 + (i + 0.5) * scale, sum = 0;
+    int a = (int)floor(c - sup + 0.5), b = (int)floor(c + sup + 0.5);
+    if (a < 0) a = 0;
+    if (b > in) b = in;
+    for (int k = a; k < b; k++)
+        sum += w[k - a] = ref_lanczos((k + 0.5 - c) / fs);
+    for (int k = a; k < b; k++)
+        w[k - a] /= sum;
+    *lo = a;
+    return b - a;
+}
+
+static void test_resize_reference(void)
+{
+    int W = 53, H = 41;
+    df_image a;
+    df_image_alloc(&a, W, H);
+    for (int i = 0; i < W * H * 3; i++)
+        a.px[i] = (uint8_t)((i * 7919u) % 251 ^ (i / 3 % 7) * 30);   /* rough, full range */
+    struct { double x0, y0, x1, y1; int w, h; } cases[] = {
+        { 0, 0, 53, 41, 23, 37 }, { 0, 0, 53, 41, 100, 20 }, { 0, 0, 53, 41, 7, 5 },
+        { 6, 0, 47, 41, 30, 30 }, { 2.5, 3.5, 50.5, 40, 16, 12 },
+    };
+    for (size_t t = 0; t < sizeof cases / sizeof cases[0]; t++) {
+        df_image b;
+        CHECK(df_image_resize_box(&a, cases[t].x0, cases[t].y0, cases[t].x1, cases[t].y1,
+                                  cases[t].w, cases[t].h, &b) == DF_OK);
+        int maxd = 0;
+        double wx[64], wy[64];
+        for (int y = 0; y < b.h; y++) {
+            int ly, ny = ref_weights(H, cases[t].y0, cases[t].y1, b.h, y, wy, &ly);
+            for (int x = 0; x < b.w; x++) {
+                int lx, nx = ref_weights(W, cases[t].x0, cases[t].x1, b.w, x, wx, &lx);
+                for (int c = 0; c < 3; c++) {
+                    double v = 0;
+                    for (int j = 0; j < ny; j++)
+                        for (int i = 0; i < nx; i++)
+                            v += wy[j] * wx[i] * pix(&a, lx + i, ly + j)[c];
+                    int r = v < 0 ? 0 : v > 255 ? 255 : (int)floor(v + 0.5);
+                    int d = abs(r - pix(&b, x, y)[c]);
+                    maxd = d > maxd ? d : maxd;
+                }
+            }
+        }
+        CHECK_MSG(maxd <= 1, "case %zu: max difference to the double reference %d", t, maxd);
+        df_image_free(&b);
+    }
+    df_image_free(&a);
+}
+
 static void test_fit(void)
 {
     /* 300 x 200: columns 0-49 red, 50-249 green, 250-299 blue */
@@ -789,6 +853,7 @@ int main(void)
     test_png_broken();
     test_encoders();
     test_resize();
+    test_resize_reference();
     test_fit();
     UNIT_END();
 }
