@@ -237,14 +237,31 @@ static int64_t check_fit(const adapter *a, int wnd, const int64_t *ws)
     return r;
 }
 
-/* W (out, in*k) += f * up (out, r) @ down (r, in*k), accumulated in double. */
-static df_status merge(float *w, const adapter *a, int64_t r, int64_t out, int64_t inner, float f)
+static bool all_finite(const float *x, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(x[i]))
+            return false;
+    return true;
+}
+
+/* W (out, in*k) += f * up (out, r) @ down (r, in*k), accumulated in double.
+ * down and up have the sizes check_fit() matched to W, so r*inner and out*r
+ * are no larger than W's own element count times r. NaN or Inf in the file
+ * is refused here: merged, it would only surface as NaN latents later. */
+static df_status merge(const char *path, float *w, const adapter *a, int64_t r, int64_t out,
+                       int64_t inner, float f)
 {
     float *down = malloc((size_t)(r * inner) * sizeof *down);
     float *up = malloc((size_t)(out * r) * sizeof *up);
     df_status st = (!down || !up) ? df_fail(DF_ERR_NOMEM, "LoRA merge: out of memory") : DF_OK;
     if (st == DF_OK && (st = df_st_to_f32(a->down, down)) == DF_OK &&
         (st = df_st_to_f32(a->up, up)) == DF_OK) {
+        if (!all_finite(down, (size_t)(r * inner)) || !all_finite(up, (size_t)(out * r)))
+            st = df_fail(DF_ERR_NUMERIC, "%s: LoRA %s holds NaN or Inf (non-finite values)",
+                         path, a->base);
+    }
+    if (st == DF_OK) {
         for (int64_t o = 0; o < out; o++)
             for (int64_t i = 0; i < inner; i++) {
                 double acc = 0;
@@ -344,7 +361,12 @@ df_status df_lora_apply(const char *path, float scale, df_weights *unet,
         if ((s = alpha_of(a, r, &alpha)) != DF_OK)
             break;
         int64_t inner = ws[1] * (wnd == 4 ? ws[2] * ws[3] : 1);
-        if ((s = merge(wp, a, r, ws[0], inner, scale * alpha / (float)r)) != DF_OK)
+        if (!isfinite(alpha)) {
+            s = df_fail(DF_ERR_NUMERIC, "%s: %s: alpha %g is not finite", path,
+                        a->alpha->name, alpha);
+            break;
+        }
+        if ((s = merge(path, wp, a, r, ws[0], inner, scale * alpha / (float)r)) != DF_OK)
             break;
         rep->n_pairs++;
         rep->n_applied += 2 + (a->alpha != NULL);

@@ -30,6 +30,7 @@ struct df_pipeline {
     lora_ref *loras;
     int n_loras;
     bool keep;
+    bool load_failed;    /* the last generate failed loading a component */
     df_clip *clip;       /* loaded on demand; kept only with keep */
     df_unet *unet;
     df_vae *vae;
@@ -64,6 +65,28 @@ static df_status config_int(const char *dir, const char *file, const char *key, 
     return st;
 }
 
+/* Fail at open, not after minutes of sampling, on what can be checked
+ * cheaply: the model's own scheduler config builds a scheduler, and each
+ * component's weight file exists and has a valid header (an mmap and a
+ * JSON parse; the weights themselves are read when the component loads). */
+static df_status check_model_files(df_pipeline *p)
+{
+    df_scheduler *s = NULL;
+    df_status st = df_scheduler_create(NULL, p->sched_config, NULL, &s);
+    df_scheduler_free(s);
+    if (st != DF_OK)
+        return df_fail(st, "%s/scheduler/scheduler_config.json: %s", p->dir, df_last_error());
+    static const char *const comps[] = {"text_encoder", "unet", "vae"};
+    for (int i = 0; i < 3 && st == DF_OK; i++) {
+        char *dir = join(p->dir, comps[i]);
+        df_weights *w = NULL;
+        st = dir ? df_weights_open_dir(dir, p->variant, &w) : df_fail(DF_ERR_NOMEM, "out of memory");
+        df_weights_free(w);
+        free(dir);
+    }
+    return st;
+}
+
 df_status df_pipeline_open(const char *model_dir, const char *variant, df_pipeline **out)
 {
     *out = NULL;
@@ -94,10 +117,19 @@ df_status df_pipeline_open(const char *model_dir, const char *variant, df_pipeli
         st = config_int(model_dir, "unet/config.json", "in_channels", &p->unet_channels);
     if (st == DF_OK)
         st = config_int(model_dir, "vae/config.json", "block_out_channels", &nblocks);
-    if (st == DF_OK && (nblocks < 1 || nblocks > 8 || p->unet_sample_size < 1 ||
-                        p->unet_channels < 1 || p->unet_channels > 64))
-        st = df_fail(DF_ERR_FORMAT, "%s: implausible unet sample_size or vae blocks", model_dir);
+    if (st == DF_OK && (nblocks < 1 || nblocks > 8))
+        st = df_fail(DF_ERR_FORMAT, "%s/vae/config.json: block_out_channels has %d entries "
+                     "(1 to 8 accepted)", model_dir, nblocks);
     p->vae_scale = 1 << (nblocks > 0 ? nblocks - 1 : 0);
+    /* The default image side (sample_size * vae scale) must stay a sane int. */
+    if (st == DF_OK && (p->unet_sample_size < 1 || p->unet_sample_size > 8192 / p->vae_scale))
+        st = df_fail(DF_ERR_FORMAT, "%s/unet/config.json: sample_size %d outside [1, %d]",
+                     model_dir, p->unet_sample_size, 8192 / p->vae_scale);
+    if (st == DF_OK && (p->unet_channels < 1 || p->unet_channels > 64))
+        st = df_fail(DF_ERR_FORMAT, "%s/unet/config.json: in_channels %d outside [1, 64]",
+                     model_dir, p->unet_channels);
+    if (st == DF_OK)
+        st = check_model_files(p);
     if (st != DF_OK) {
         df_pipeline_free(p);
         return st;
@@ -132,6 +164,10 @@ void df_pipeline_free(df_pipeline *p)
 }
 
 void df_pipeline_keep_loaded(df_pipeline *p, bool keep) { p->keep = keep; }
+
+bool df_pipeline_load_failed(const df_pipeline *p) { return p->load_failed; }
+
+int df_pipeline_latent_channels(const df_pipeline *p) { return p->unet_channels; }
 
 void df_pipeline_default_size(const df_pipeline *p, int *width, int *height)
 {
@@ -210,6 +246,11 @@ static df_status encode_prompts(df_pipeline *p, const df_pipeline_params *pp,
         free(dir);
         if (st == DF_OK)
             st = merge_loras(p, NULL, df_clip_weights(p->clip));
+        if (st != DF_OK) {
+            p->load_failed = true;
+            df_clip_free(p->clip);   /* not half-merged into the next call */
+            p->clip = NULL;
+        }
     }
     if (st == DF_OK) {
         *C = df_clip_get_config(p->clip)->hidden_size;
@@ -217,6 +258,11 @@ static df_status encode_prompts(df_pipeline *p, const df_pipeline_params *pp,
         *embeds = malloc(2 * (size_t)L * *C * sizeof **embeds);
         st = *embeds ? df_clip_forward(p->clip, ids, 2, L, *embeds, NULL, NULL)
                      : df_fail(DF_ERR_NOMEM, "out of memory");
+        /* Checked here, or it would surface as a puzzling UNet NaN. */
+        for (size_t k = 0; st == DF_OK && k < 2 * (size_t)L * *C; k++)
+            if (!isfinite((*embeds)[k]))
+                st = df_fail(DF_ERR_NUMERIC, "text encoder: non-finite (NaN or Inf) prompt "
+                             "embeddings");
     }
     free(ids);
     if (!p->keep) {
@@ -235,6 +281,11 @@ static df_status load_unet(df_pipeline *p)
     free(dir);
     if (st == DF_OK)
         st = merge_loras(p, df_unet_weights(p->unet), NULL);
+    if (st != DF_OK) {
+        p->load_failed = true;
+        df_unet_free(p->unet);
+        p->unet = NULL;
+    }
     return st;
 }
 
@@ -249,6 +300,16 @@ static df_status denoise(df_pipeline *p, const df_pipeline_params *pp, const flo
         st = df_scheduler_set_timesteps(s, pp->steps);
     if (st == DF_OK)
         st = load_unet(p);
+    /* The buffers below are sized from the text encoder and the pipeline's
+     * channel count: a UNet from another model must not read past them. */
+    if (st == DF_OK && (df_unet_in_channels(p->unet) != C || df_unet_out_channels(p->unet) != C ||
+                        df_unet_cross_attention_dim(p->unet) != Ctx)) {
+        p->load_failed = true;
+        st = df_fail(DF_ERR_SHAPE, "%s/unet/config.json: in/out_channels %d/%d and "
+                     "cross_attention_dim %d do not fit %d latent channels and the text "
+                     "encoder's hidden_size %d", p->dir, df_unet_in_channels(p->unet),
+                     df_unet_out_channels(p->unet), df_unet_cross_attention_dim(p->unet), C, Ctx);
+    }
     if (st != DF_OK) {
         df_scheduler_free(s);
         return st;
@@ -282,6 +343,8 @@ static df_status denoise(df_pipeline *p, const df_pipeline_params *pp, const flo
         for (int b = 0; b < NB; b++)
             ts[b] = t;
         st = df_unet_forward(p->unet, x, ts, ehs, NB, h, w, T, eo);
+        if (st == DF_ERR_NUMERIC)
+            st = df_fail(st, "step %d of %d: %s (non-finite)", i + 1, count, df_last_error());
         if (st != DF_OK)
             break;
         const float g = pp->guidance;
@@ -316,8 +379,16 @@ static df_status decode(df_pipeline *p, df_pipeline_output *o)
         char *dir = join(p->dir, "vae");
         st = df_vae_load(dir, p->variant, &p->vae);
         free(dir);
-        if (st != DF_OK)
+        if (st == DF_OK && df_vae_latent_channels(p->vae) != o->C) {
+            st = df_fail(DF_ERR_SHAPE, "%s/vae/config.json: latent_channels %d, the UNet makes %d",
+                         p->dir, df_vae_latent_channels(p->vae), o->C);
+            df_vae_free(p->vae);
+            p->vae = NULL;
+        }
+        if (st != DF_OK) {
+            p->load_failed = true;
             return st;
+        }
     }
     size_t n = (size_t)o->batch * o->C * o->h * o->w;
     size_t HW = (size_t)o->height * o->width;
@@ -354,6 +425,7 @@ df_status df_pipeline_generate(df_pipeline *p, const df_pipeline_params *pp,
                                const df_pipeline_hooks *hooks, df_pipeline_output *o)
 {
     memset(o, 0, sizeof *o);
+    p->load_failed = false;
     int m = p->vae_scale;
     if (pp->width < m || pp->height < m || pp->width % m || pp->height % m)
         return df_fail(DF_ERR_ARG, "width and height must be positive multiples of %d (got %dx%d)",

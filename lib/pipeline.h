@@ -45,6 +45,14 @@ df_status df_pipeline_add_lora(df_pipeline *p, const char *path, float scale,
  * more memory). Default false: load, use, free. */
 void df_pipeline_keep_loaded(df_pipeline *p, bool keep);
 
+/* After df_pipeline_generate failed: true when a component could not be
+ * loaded (bad config or weights, a LoRA that cannot merge), a problem of the
+ * model that every later prompt would meet too; false for the prompt's own
+ * failures (bad size, scheduler name, NaN while sampling). */
+bool df_pipeline_load_failed(const df_pipeline *p);
+/* Channels of the latents (the UNet's in_channels, 4 for SD). */
+int df_pipeline_latent_channels(const df_pipeline *p);
+
 /* Default image size: unet sample_size * vae scale. */
 void df_pipeline_default_size(const df_pipeline *p, int *width, int *height);
 /* The image side must be a multiple of this (the VAE's scale, 8 for SD). */

@@ -4,6 +4,7 @@
 
 #include <stdarg.h>
 #include <stdio.h>
+#include <string.h>
 
 static const char *const names[DF_STATUS_COUNT] = {
     [DF_OK] = "success",
@@ -33,10 +34,15 @@ const char *df_strerror(df_status s)
 
 df_status df_fail(df_status s, const char *fmt, ...)
 {
+    /* Formatted aside first: callers wrap the previous detail, passing
+     * df_last_error() as an argument, and vsnprintf must not write over
+     * its own input. */
+    char buf[sizeof detail];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(detail, sizeof detail, fmt, ap);
+    vsnprintf(buf, sizeof buf, fmt, ap);
     va_end(ap);
+    memcpy(detail, buf, sizeof detail);
     detail_status = s;
     return s;
 }

@@ -96,6 +96,11 @@ static df_status ensure_copy(df_weights *w, long i)
     return DF_OK;
 }
 
+static bool is_float_dtype(df_dtype t)
+{
+    return t == DF_DTYPE_F32 || t == DF_DTYPE_F16 || t == DF_DTYPE_BF16 || t == DF_DTYPE_F64;
+}
+
 const float *df_weights_get(df_weights *w, const char *name, int ndim, const int64_t *shape,
                             df_status *st)
 {
@@ -109,6 +114,11 @@ const float *df_weights_get(df_weights *w, const char *name, int ndim, const int
     const df_st_tensor *t = df_st_at(w->st, (size_t)i);
     if ((s = df_st_check_shape(t, ndim, shape)) != DF_OK)
         goto done;
+    if (!is_float_dtype(t->dtype)) {   /* an integer "weight" is a broken file, not a value */
+        s = df_fail(DF_ERR_FORMAT, "%s: tensor \"%s\": dtype %s is not a floating-point type",
+                    df_st_path(w->st), name, df_dtype_name(t->dtype));
+        goto done;
+    }
     pthread_mutex_lock(&w->lock);
     if (!w->copy[i] && t->dtype == DF_DTYPE_F32 && (uintptr_t)t->data % _Alignof(float) == 0)
         out = t->data;         /* the usual case: a view into the mapping */

@@ -7,6 +7,8 @@
  * stdout. A prompt that fails (bad field, NaN during sampling) gives a record
  * with "error"; the run goes on. Tested by tests/tools/test-df-sample.sh. */
 #include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
 #include <getopt.h>
 #include <math.h>
 #include <signal.h>
@@ -64,6 +66,7 @@ typedef struct {
     float guidance;
     unsigned long long seed;
     int have_seed, strict, keep;
+    int given;                    /* bits: 1 --width, 2 --height, 4 --batch given */
     df_progress_mode progress;
     json_t *loras;                /* [{"file":..., "scale":...}] for the records */
 } options;
@@ -146,9 +149,9 @@ static void parse_args(int argc, char **argv, options *o, df_pipeline **pipe)
         case O_GUIDANCE: o->guidance = parse_float("--guidance", optarg); break;
         case O_SCHED: o->scheduler = optarg; break;
         case O_SEED: o->seed = parse_seed(optarg); o->have_seed = 1; break;
-        case O_WIDTH: o->width = (int)parse_long("--width", optarg, 8, 8192); break;
-        case O_HEIGHT: o->height = (int)parse_long("--height", optarg, 8, 8192); break;
-        case O_BATCH: o->batch = (int)parse_long("--batch", optarg, 1, 64); break;
+        case O_WIDTH: o->width = (int)parse_long("--width", optarg, 8, 8192); o->given |= 1; break;
+        case O_HEIGHT: o->height = (int)parse_long("--height", optarg, 8, 8192); o->given |= 2; break;
+        case O_BATCH: o->batch = (int)parse_long("--batch", optarg, 1, 64); o->given |= 4; break;
         case O_OUT: o->out_dir = optarg; break;
         case 't': o->threads = (int)parse_long("--threads", optarg, 1, 1024); break;
         case O_LATENTS: o->latents_file = optarg; break;
@@ -176,6 +179,11 @@ static void parse_args(int argc, char **argv, options *o, df_pipeline **pipe)
         df_error("%s", df_last_error());
         exit(1);
     }
+    int m = df_pipeline_size_multiple(*pipe);
+    if (o->width % m)
+        df_usage_error("--width %d is not a multiple of %d", o->width, m);
+    if (o->height % m)
+        df_usage_error("--height %d is not a multiple of %d", o->height, m);
     o->loras = json_array();
     for (int i = 0; i < nl; i++) {
         char *path;
@@ -202,8 +210,9 @@ static void parse_args(int argc, char **argv, options *o, df_pipeline **pipe)
     }
 }
 
-/* Initial latents from --latents: one F32 tensor [N,C,h,w]. */
-static float *read_latents(const char *path, int *N, int *h, int *w)
+/* Initial latents from --latents: one F32 tensor [N,C,h,w], N and the
+ * image size (h*m, w*m) within what --batch, --width and --height accept. */
+static float *read_latents(const char *path, int C, int m, int *N, int *h, int *w)
 {
     df_safetensors *st;
     if (df_st_open(path, &st) != DF_OK) {
@@ -211,8 +220,11 @@ static float *read_latents(const char *path, int *N, int *h, int *w)
         exit(1);
     }
     const df_st_tensor *t = df_st_count(st) == 1 ? df_st_at(st, 0) : NULL;
-    if (!t || t->dtype != DF_DTYPE_F32 || t->ndim != 4 || t->shape[1] != 4) {
-        df_error("%s: want exactly one F32 tensor of shape [N,4,h,w]", path);
+    if (!t || t->dtype != DF_DTYPE_F32 || t->ndim != 4 || t->shape[1] != C ||
+        t->shape[0] < 1 || t->shape[0] > 64 || t->shape[2] < 1 || t->shape[2] > 8192 / m ||
+        t->shape[3] < 1 || t->shape[3] > 8192 / m) {
+        df_error("%s: want exactly one F32 tensor of shape [N,%d,h,w] (N <= 64, h and w "
+                 "from 1 to %d)", path, C, 8192 / m);
         exit(1);
     }
     float *v = malloc(t->numel * sizeof *v);
@@ -220,6 +232,11 @@ static float *read_latents(const char *path, int *N, int *h, int *w)
         df_error("%s: %s", path, df_last_error());
         exit(1);
     }
+    for (size_t i = 0; i < t->numel; i++)
+        if (!isfinite(v[i])) {
+            df_error("%s: non-finite value (NaN or Inf) at element %zu", path, i);
+            exit(1);
+        }
     *N = (int)t->shape[0];
     *h = (int)t->shape[2];
     *w = (int)t->shape[3];
@@ -310,9 +327,37 @@ static void fail_record(run_state *rs, json_t *rec, const char *fmt, const char 
     }
 }
 
+/* A record field that is present must have the right type and range: a
+ * typo'd value silently replaced by the default is the worst outcome. */
+static int check_fields(const json_t *rec, char **err)
+{
+    static const char *const strs[] = {"prompt", "negative_prompt", "scheduler"};
+    static const struct { const char *key; long long lo, hi; } ints[] = {
+        {"steps", 1, 1000}, {"width", 8, 8192}, {"height", 8, 8192}, {"batch", 1, 64},
+        {"seed", 0, LLONG_MAX}};
+    for (size_t i = 0; i < sizeof strs / sizeof strs[0]; i++) {
+        json_t *v = json_object_get(rec, strs[i]);
+        if (v && !json_is_string(v))
+            return asprintf(err, "\"%s\" must be a string", strs[i]), 0;
+    }
+    for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++) {
+        json_t *v = json_object_get(rec, ints[i].key);
+        if (v && (!json_is_integer(v) || json_integer_value(v) < ints[i].lo ||
+                  json_integer_value(v) > ints[i].hi))
+            return asprintf(err, "\"%s\" must be a whole number from %lld to %lld", ints[i].key,
+                            ints[i].lo, ints[i].hi), 0;
+    }
+    json_t *g = json_object_get(rec, "guidance");
+    if (g && (!json_is_number(g) || !isfinite(json_number_value(g))))
+        return asprintf(err, "\"guidance\" must be a number"), 0;
+    return 1;
+}
+
 /* Fill params from options overridden by the record's fields. */
 static int params_from(run_state *rs, json_t *rec, df_pipeline_params *pp, char **err)
 {
+    if (!check_fields(rec, err))
+        return 0;
     options *o = rs->o;
     pp->prompt = o->prompt;
     pp->negative_prompt = o->negative;
@@ -424,6 +469,10 @@ static void run_one(run_state *rs, json_t *rec)
     df_pipeline_output out;
     double t0 = df_now();
     df_status st = df_pipeline_generate(rs->pipe, &pp, &hooks, &out);
+    if (st != DF_OK && df_pipeline_load_failed(rs->pipe)) {
+        df_error("%s", df_last_error());   /* the model is broken: every prompt would fail */
+        exit(1);
+    }
     if (st != DF_OK) {
         fail_record(rs, rec, "%s", df_last_error());
         return;
@@ -437,10 +486,14 @@ static void run_one(run_state *rs, json_t *rec)
     double secs = df_now() - t0;
     if (rs->o->save_latents) {
         char *path = numbered(rs->o->save_latents, rs->latents_counter++);
-        if (!path || save_latents(path, out.latents, out.batch, out.C, out.h, out.w) != DF_OK)
-            df_error("%s: %s", rs->o->save_latents, df_last_error());
-        else
-            df_rec_set_str(rec, "latents_file", path);
+        if (!path || save_latents(path, out.latents, out.batch, out.C, out.h, out.w) != DF_OK) {
+            /* An output asked for and not written is a failed record. */
+            fail_record(rs, rec, "--save-latents: %s", path ? df_last_error() : "out of memory");
+            free(path);
+            df_pipeline_output_free(&out);
+            return;
+        }
+        df_rec_set_str(rec, "latents_file", path);
         free(path);
     }
     for (int b = 0; b < out.batch; b++)
@@ -451,6 +504,12 @@ static void run_one(run_state *rs, json_t *rec)
 int main(int argc, char **argv)
 {
     df_log_init(argv[0]);
+    /* With fd 1 closed, the next open() (a weight file, a PNG) would get it
+     * and records would be written into that file. */
+    if (fcntl(1, F_GETFD) < 0) {
+        df_error("stdout: %s", strerror(errno));
+        return 1;
+    }
     options o = {.steps = 50, .guidance = 7.5f, .batch = 1, .out_dir = ".",
                  .progress = DF_PROGRESS_AUTO};
     df_pipeline *pipe;
@@ -466,15 +525,26 @@ int main(int argc, char **argv)
         o.height = dh;
     run_state rs = {.o = &o, .pipe = pipe};
     if (o.latents_file) {
-        float *init = read_latents(o.latents_file, &rs.init_n, &rs.init_h, &rs.init_w);
-        rs.init = init;
         int m = df_pipeline_size_multiple(pipe);
+        float *init = read_latents(o.latents_file, df_pipeline_latent_channels(pipe), m,
+                                   &rs.init_n, &rs.init_h, &rs.init_w);
+        rs.init = init;
+        if (((o.given & 1) && o.width != rs.init_w * m) ||
+            ((o.given & 2) && o.height != rs.init_h * m) || ((o.given & 4) && o.batch != rs.init_n))
+            df_usage_error("--latents %s holds [%d,C,%d,%d]: --width %d --height %d --batch %d "
+                           "do not fit", o.latents_file, rs.init_n, rs.init_h, rs.init_w,
+                           o.width, o.height, o.batch);
         o.width = rs.init_w * m;
         o.height = rs.init_h * m;
         o.batch = rs.init_n;
     }
+    struct stat sb;
     if (mkdir(o.out_dir, 0777) != 0 && errno != EEXIST) {
-        df_error("%s: %s", o.out_dir, strerror(errno));
+        df_error("--out %s: %s", o.out_dir, strerror(errno));
+        return 1;
+    }
+    if (stat(o.out_dir, &sb) != 0 || !S_ISDIR(sb.st_mode)) {
+        df_error("--out %s: not a directory", o.out_dir);
         return 1;
     }
     signal(SIGPIPE, SIG_IGN);
