@@ -62,15 +62,12 @@ static int check_forward(const cf_ctx *c, const df_safetensors *st, const unet_i
 static int check_time(const cf_ctx *c, const df_safetensors *st, const unet_inputs *in)
 {
     cf_ref tp, te;
-    if (cf_ref_get(c, st, "time_proj", &tp))
-        return 1 + (cf_ref_get(c, st, "time_embedding", &te) ? 1 : (cf_ref_free(&te), 0));
-    if (cf_ref_get(c, st, "time_embedding", &te)) {
-        cf_ref_free(&tp);
-        return 1;
-    }
-    df_unet *u;
-    int fails = 0;
-    if (df_unet_load(cf_path(c, "pipeline/unet"), NULL, &u) != DF_OK) {
+    df_unet *u = NULL;
+    int fails = cf_ref_get(c, st, "time_proj", &tp);
+    fails += cf_ref_get(c, st, "time_embedding", &te);
+    if (fails) {
+        /* a missing reference is already a FAIL line */
+    } else if (df_unet_load(cf_path(c, "pipeline/unet"), NULL, &u) != DF_OK) {
         fails += cf_ref_fail(c, "time_proj", df_last_error());
         fails += cf_ref_fail(c, "time_embedding", df_last_error());
     } else if ((size_t)in->B * df_unet_time_proj_dim(u) != tp.n ||
@@ -89,8 +86,7 @@ static int check_time(const cf_ctx *c, const df_safetensors *st, const unet_inpu
         free(p);
         free(e);
     }
-    if (u)
-        df_unet_free(u);
+    df_unet_free(u);
     cf_ref_free(&tp);
     cf_ref_free(&te);
     return fails;
