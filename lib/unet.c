@@ -545,7 +545,9 @@ static void plan_walk(const df_unet *u, plan *p, size_t B, int h, int w, size_t 
 /* Inputs are bounded so that every size product fits comfortably. */
 static df_status check_args(const df_unet *u, int B, int h, int w, int T)
 {
-    if (B < 1 || B > 4096 || h < 1 || h > 16384 || w < 1 || w > 16384 || T < 1 || T > 65536)
+    // the ops count rows (B*h*w tokens) in int: keep them far below INT_MAX
+    if (B < 1 || B > 4096 || h < 1 || h > 16384 || w < 1 || w > 16384 || T < 1 || T > 65536 ||
+        (size_t)B * h * w > ((size_t)1 << 26) || (size_t)B * T > ((size_t)1 << 26))
         return df_fail(DF_ERR_ARG, "unet: bad input size B=%d h=%d w=%d T=%d", B, h, w, T);
     for (int i = 0, H = h, W = w; i < u->nblocks; i++)
         if (u->down[i].has_sampler) {

@@ -487,9 +487,11 @@ static void decode_one(const df_vae *v, bufs b, const float *lat, int H, int W, 
     head_forward(v, &v->dec, b.P, v->ch[0], H, W, v->out_ch, img);
 }
 
+/* The ops take int sizes: one image's H*W stays far below INT_MAX. */
 static df_status check_batch(int B, int H, int W, const char *what)
 {
-    if (B < 1 || B > 1 << 20 || H < 1 || H > 1 << 16 || W < 1 || W > 1 << 16)
+    if (B < 1 || B > 1 << 20 || H < 1 || H > 1 << 16 || W < 1 || W > 1 << 16 ||
+        (size_t)H * W > ((size_t)1 << 28))
         return df_fail(DF_ERR_ARG, "vae: bad %s size B=%d %dx%d", what, B, H, W);
     return DF_OK;
 }
@@ -522,7 +524,8 @@ df_status df_vae_decode(df_vae *v, const float *latents, int B, int h, int w, fl
     int H, W;
     if ((s = check_batch(B, h, w, "latent")) != DF_OK)
         return s;
-    if (h > (1 << 16) >> (v->nblocks - 1) || w > (1 << 16) >> (v->nblocks - 1))
+    if (h > (1 << 16) >> (v->nblocks - 1) || w > (1 << 16) >> (v->nblocks - 1) ||
+        (size_t)h * w > ((size_t)1 << 28) >> (2 * (v->nblocks - 1)))
         return df_fail(DF_ERR_ARG, "vae: latent %dx%d too large", h, w);
     df_vae_image_size(v, h, w, &H, &W);
     plan p = plan_decoder(v, h, w);
