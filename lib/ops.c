@@ -410,12 +410,39 @@ static void fill_rows(float *out, const float *bias, int N, int OC)
     }
 }
 
+/* Few rows (text encoder, cross-attention keys and values: N = 2 x 77):
+ * packing the weight would cost about as much as the product, so compute
+ * out^T (OC,N) = weight (OC,C) @ inp^T (C,N) instead, packing only inp, and
+ * transpose the small result. Returns -1 without scratch memory. */
+static int linear_few_rows(float *out, const float *inp, const float *weight, const float *bias,
+                           int N, int C, int OC)
+{
+    float *t = calloc((size_t)OC * N, sizeof(float));
+    if (!t)
+        return -1;
+    bsrc b = {.kind = B_TRANS, .p = inp, .ld = (size_t)C};
+    if (gemm(OC, N, C, weight, (size_t)C, &b, t, (size_t)N) != 0) {
+        free(t);
+        return -1;
+    }
+    for (int n = 0; n < N; n++)
+        for (int o = 0; o < OC; o++)
+            out[(size_t)n * OC + o] = t[(size_t)o * N + n] + (bias ? bias[o] : 0.0f);
+    free(t);
+    return 0;
+}
+
 void df_linear_forward(float *out, const float *inp, const float *weight, const float *bias,
                        int N, int C, int OC)
 {
     // out (N,OC) = inp (N,C) @ weight(OC,C)^T: B[k][n] = weight[n][k]
     if (N <= 0 || OC <= 0)
         return;
+    if (C > 0 && N < 256 && OC >= 4 * N) {
+        if (linear_few_rows(out, inp, weight, bias, N, C, OC) != 0)
+            df_linear_forward_ref(out, inp, weight, bias, N, C, OC);
+        return;
+    }
     fill_rows(out, bias, N, OC);
     bsrc b = {.kind = B_TRANS, .p = weight, .ld = (size_t)C};
     if (C > 0 && gemm(N, OC, C, inp, (size_t)C, &b, out, (size_t)OC) != 0)
