@@ -482,95 +482,129 @@ static df_status next_record(source *src, json_t **rec)
     if (!src->names)
         return df_jsonl_next(&src->rd, rec);
     *rec = NULL;
-    if (src->i < src->names->n) {
-        *rec = json_object();
-        json_object_set_new(*rec, "file_name", json_string(src->names->v[src->i++]));
-    }
+    if (src->i >= src->names->n)
+        return DF_OK;
+    const char *name = src->names->v[src->i++];
+    *rec = json_object();
+    json_t *s = json_string(name);
+    if (s)
+        json_object_set_new(*rec, "file_name", s);
+    else   /* JSON strings are UTF-8: such a name cannot be a record field */
+        df_rec_set_error(*rec, "file name is not valid UTF-8 (file %zu of the scan)", src->i);
     return DF_OK;
 }
 
 typedef struct { long in, ok, failed; } counts;
 
+static int pool_start(pool *p, const options *o, pthread_t *th)
+{
+    *p = (pool){ .o = o, .cap = (size_t)o->jobs * 4 };
+    p->s = calloc(p->cap, sizeof *p->s);
+    if (!p->s)
+        return 0;
+    pthread_mutex_init(&p->mu, NULL);
+    pthread_cond_init(&p->work, NULL);
+    pthread_cond_init(&p->done, NULL);
+    int n = 0;
+    while (n < o->jobs && pthread_create(&th[n], NULL, worker, p) == 0)
+        n++;
+    return n;
+}
+
+/* Stop the workers (pending slots are dropped after an early stop), join
+ * them and free what is left. */
+static void pool_stop(pool *p, pthread_t *th, int nth)
+{
+    pthread_mutex_lock(&p->mu);
+    p->quit = true;
+    p->tail = p->next;
+    pthread_cond_broadcast(&p->work);
+    pthread_mutex_unlock(&p->mu);
+    for (int i = 0; i < nth; i++)
+        pthread_join(th[i], NULL);
+    for (size_t i = 0; i < p->cap; i++)
+        if (p->s[i].rec)
+            slot_clear(&p->s[i]);
+    pthread_mutex_destroy(&p->mu);
+    pthread_cond_destroy(&p->work);
+    pthread_cond_destroy(&p->done);
+    free(p->s);
+}
+
+/* Read records into free slots until the window is full or the input
+ * ends. 0, or 1 when the run must stop. */
+static int pool_fill(pool *p, source *src, json_t *used, bool *eof, counts *c)
+{
+    while (!*eof && p->tail - p->head < p->cap) {   /* only this thread moves tail */
+        json_t *rec;
+        if (next_record(src, &rec)) {
+            df_error("reading records: %s", df_last_error());
+            return 1;
+        }
+        if (!rec) {
+            *eof = true;
+            break;
+        }
+        c->in++;
+        slot *sl = &p->s[p->tail % p->cap];
+        if (prepare_slot(p->o, used, rec, sl)) {
+            slot_clear(sl);
+            return 1;
+        }
+        pthread_mutex_lock(&p->mu);
+        p->tail++;
+        pthread_cond_signal(&p->work);
+        pthread_mutex_unlock(&p->mu);
+    }
+    return 0;
+}
+
+/* Wait for the oldest slot, write its record, free the slot. */
+static int pool_write_oldest(pool *p, df_progress *prog, counts *c)
+{
+    slot *sl = &p->s[p->head % p->cap];
+    pthread_mutex_lock(&p->mu);
+    while (sl->state != SLOT_DONE)
+        pthread_cond_wait(&p->done, &p->mu);
+    pthread_mutex_unlock(&p->mu);
+    if (sl->failed)
+        c->failed++;
+    else
+        c->ok++;
+    int rc = 0;
+    if (df_jsonl_write_fd(STDOUT_FILENO, sl->rec)) {
+        df_error("writing records: %s", df_last_error());
+        rc = 1;
+    }
+    df_progress_add(prog, 1, sl->failed);
+    slot_clear(sl);
+    p->head++;
+    return rc;
+}
+
 /* The main loop: keep the window full, write finished slots in order. */
 static int run(const options *o, source *src, df_progress *prog, counts *c)
 {
-    pool p = { .o = o, .cap = (size_t)o->jobs * 4 };
-    p.s = calloc(p.cap, sizeof *p.s);
+    pool p = { 0 };
     json_t *used = json_object();
     pthread_t *th = calloc((size_t)o->jobs, sizeof *th);
-    if (!p.s || !used || !th) {
-        df_error("out of memory");
-        free(p.s); free(th); json_decref(used);
+    int nth = used && th ? pool_start(&p, o, th) : 0;
+    if (nth == 0) {
+        df_error("cannot start worker threads");
+        if (p.s) pool_stop(&p, th, 0);
+        free(th);
+        json_decref(used);
         return 1;
     }
-    pthread_mutex_init(&p.mu, NULL);
-    pthread_cond_init(&p.work, NULL);
-    pthread_cond_init(&p.done, NULL);
-    int nth = 0;
-    for (; nth < o->jobs; nth++)
-        if (pthread_create(&th[nth], NULL, worker, &p))
-            break;
-    int rc = nth ? 0 : 1;
-    if (!nth)
-        df_error("cannot start worker threads");
-    bool eof = !nth;
+    int rc = 0;
+    bool eof = false;
     while (rc == 0) {
-        while (!eof && p.tail - p.head < p.cap) {       /* only main moves tail */
-            json_t *rec;
-            if (next_record(src, &rec)) {
-                df_error("reading records: %s", df_last_error());
-                rc = 1;
-                break;
-            }
-            if (!rec) {
-                eof = true;
-                break;
-            }
-            c->in++;
-            slot *sl = &p.s[p.tail % p.cap];
-            if (prepare_slot(o, used, rec, sl)) {
-                slot_clear(sl);
-                rc = 1;
-                break;
-            }
-            pthread_mutex_lock(&p.mu);
-            p.tail++;
-            pthread_cond_signal(&p.work);
-            pthread_mutex_unlock(&p.mu);
-        }
-        if (p.head == p.tail)
+        rc = pool_fill(&p, src, used, &eof, c);
+        if (rc || p.head == p.tail)
             break;
-        slot *sl = &p.s[p.head % p.cap];
-        pthread_mutex_lock(&p.mu);
-        while (sl->state != SLOT_DONE)
-            pthread_cond_wait(&p.done, &p.mu);
-        pthread_mutex_unlock(&p.mu);
-        if (sl->failed)
-            c->failed++;
-        else
-            c->ok++;
-        if (df_jsonl_write_fd(STDOUT_FILENO, sl->rec)) {
-            df_error("writing records: %s", df_last_error());
-            rc = 1;
-        }
-        df_progress_add(prog, 1, sl->failed);
-        slot_clear(sl);
-        p.head++;
+        rc = pool_write_oldest(&p, prog, c);
     }
-    pthread_mutex_lock(&p.mu);
-    p.quit = true;
-    p.tail = p.next;                  /* on an early stop, drop the queue */
-    pthread_cond_broadcast(&p.work);
-    pthread_mutex_unlock(&p.mu);
-    for (int i = 0; i < nth; i++)
-        pthread_join(th[i], NULL);
-    for (size_t i = 0; i < p.cap; i++)     /* slots left over after an early stop */
-        if (p.s[i].rec)
-            slot_clear(&p.s[i]);
-    pthread_mutex_destroy(&p.mu);
-    pthread_cond_destroy(&p.work);
-    pthread_cond_destroy(&p.done);
-    free(p.s);
+    pool_stop(&p, th, nth);
     free(th);
     json_decref(used);
     return rc;

@@ -4,7 +4,8 @@
 # resampling quality against Pillow's LANCZOS (PSNR printed and floored),
 # EXIF-rotated input against Pillow's exif_transpose, name collisions,
 # every kind of broken input (missing, zero-byte, truncated, CRC error,
-# not an image, oversized header, too small / too large), malformed lines,
+# not an image, oversized header, too small / too large, a scanned name
+# that is not UTF-8), malformed lines,
 # field pass-through, -j2 == -j1, exit codes, and the man page's EXAMPLES.
 set -u
 : "${DF_BIN:=$(cd "$(dirname "$0")/../.." && pwd)/bin}"
@@ -212,6 +213,17 @@ check "--strict exits 1 on failed records" [ $? -eq 1 ]
 printf '%s\n' '{"file_name":"../tree/solid.png"}' | "$R" --root tree --out rec3 --quiet >rec3.jsonl 2>/dev/null
 check "outside-root name flattened ($(field rec3.jsonl ../tree/solid.png file_name))" \
     matches "$(field rec3.jsonl ../tree/solid.png file_name)" '^solid-[0-9a-f]{8}\.jpg$'
+
+# --- a scanned name that is not UTF-8 cannot be a JSON string: error record ---
+mkdir -p utf
+$PY -c '
+from PIL import Image
+Image.new("RGB", (8, 8), (1, 2, 3)).save("utf/ok.png")
+Image.new("RGB", (8, 8), (1, 2, 3)).save(open(b"utf/bad\xff.png", "wb"), "PNG")'
+"$R" --root utf --scan --out utfo --quiet >utf.jsonl 2>utf.err
+check "non-UTF-8 name: run goes on" [ $? -eq 0 ] && [ "$(wc -l <utf.jsonl)" -eq 2 ]
+check "non-UTF-8 name: error record" grep -q 'not valid UTF-8' utf.jsonl
+check "non-UTF-8 name: counted" [ "$(summ utf.err failed)" = 1 ]
 
 # --- -j2 gives the same records and the same bytes as -j1 ---
 "$R" --root tree --scan --out j1 --size 64 --quiet >j1.jsonl 2>/dev/null
