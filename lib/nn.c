@@ -356,30 +356,42 @@ static const df_conv2d_geom conv3 = {.K = 3, .stride = 1, .pad_t = 1, .pad_l = 1
                                      .pad_r = 1};
 static const df_conv2d_geom conv1 = {.K = 1, .stride = 1};
 
-void df_nn_resnet_forward(const df_nn_resnet *r, float *x, float *out, float *t,
-                          const float *temb_act, float *tproj, int B, int H, int W)
+/* conv1 of silu(GN(inp)) into t, plus the time projection; then t =
+ * silu(GN(t)). inp is overwritten with silu(GN(inp)) when dst == inp. */
+static void resnet_branch_head(const df_nn_resnet *r, float *dst, const float *inp, float *t,
+                               const float *temb_act, float *tproj, int B, int H, int W)
 {
-    // x (B,cin,HW), out (B,cout,HW), t (B,cout,HW)
     int HW = H * W;
-    size_t nout = (size_t)B * r->cout * HW;
-    // shortcut first, so that x is free to hold the main branch
-    if (r->sc.w)
-        df_conv2d_forward(out, x, r->sc.w, r->sc.b, B, r->cin, H, W, r->cout, &conv1);
-    else
-        memcpy(out, x, nout * sizeof *out);
-    df_groupnorm_forward(x, x, r->n1.g, r->n1.b, B, r->cin, HW, r->groups, r->eps);
-    df_silu_forward(x, x, (size_t)B * r->cin * HW);
-    df_conv2d_forward(t, x, r->c1.w, r->c1.b, B, r->cin, H, W, r->cout, &conv3);
+    df_groupnorm_forward(dst, inp, r->n1.g, r->n1.b, B, r->cin, HW, r->groups, r->eps);
+    df_silu_forward(dst, dst, (size_t)B * r->cin * HW);
+    df_conv2d_forward(t, dst, r->c1.w, r->c1.b, B, r->cin, H, W, r->cout, &conv3);
     if (r->temb_dim > 0 && temb_act) {
         // tproj (B,cout) = time_emb_proj(silu(temb)), added per channel
         df_linear_forward(tproj, temb_act, r->temb.w, r->temb.b, B, r->temb_dim, r->cout);
         df_add_channel_bias(t, t, tproj, B, r->cout, HW);
     }
     df_groupnorm_forward(t, t, r->n2.g, r->n2.b, B, r->cout, HW, r->groups, r->eps);
-    df_silu_forward(t, t, nout);
-    df_conv2d_forward(x, t, r->c2.w, r->c2.b, B, r->cout, H, W, r->cout, &conv3);
-    // out = (shortcut + h) / output_scale_factor
-    df_add_forward(out, out, x, nout);
+    df_silu_forward(t, t, (size_t)B * r->cout * HW);
+}
+
+void df_nn_resnet_forward(const df_nn_resnet *r, float *x, float *out, float *t,
+                          const float *temb_act, float *tproj, int B, int H, int W)
+{
+    // x (B,cin,HW), out (B,cout,HW), t (B,cout,HW)
+    size_t nout = (size_t)B * r->cout * H * W;
+    if (r->sc.w) {
+        // shortcut first, so that x is free to hold the main branch
+        df_conv2d_forward(out, x, r->sc.w, r->sc.b, B, r->cin, H, W, r->cout, &conv1);
+        resnet_branch_head(r, x, x, t, temb_act, tproj, B, H, W);
+        df_conv2d_forward(x, t, r->c2.w, r->c2.b, B, r->cout, H, W, r->cout, &conv3);
+        df_add_forward(out, out, x, nout);               // shortcut + h
+    } else {
+        // identity shortcut: out serves as the branch's scratch, x stays intact
+        resnet_branch_head(r, out, x, t, temb_act, tproj, B, H, W);
+        df_conv2d_forward(out, t, r->c2.w, r->c2.b, B, r->cout, H, W, r->cout, &conv3);
+        df_add_forward(out, x, out, nout);               // x + h
+    }
+    // diffusers: (input + hidden) / output_scale_factor
     if (r->out_scale != 1.0f)
         df_scale_forward(out, out, 1.0f / r->out_scale, nout);
 }

@@ -94,7 +94,7 @@ typedef struct {
 } df_nn_resnet;
 
 void df_nn_resnet_bind(df_nn_binder *b, df_nn_resnet *r);
-/* x (B,cin,HW) is clobbered (its buffer must hold B*max(cin,cout)*HW);
+/* x (B,cin,HW) may be clobbered (its buffer must hold B*max(cin,cout)*HW);
  * out (B,cout,HW) must not alias x; t (B,cout,HW) scratch; temb_act
  * (B,temb_dim) = silu(time embedding) or NULL; tproj (B,cout) scratch. */
 void df_nn_resnet_forward(const df_nn_resnet *r, float *x, float *out, float *t,
