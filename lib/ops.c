@@ -125,7 +125,7 @@ static void split_range(int n, int align, int tid, int nt, int *lo, int *hi)
  * A[r*ars + k*aks] (row-major: ars = lda, aks = 1; packed panels: ars = 1,
  * aks = 6); B rows are ldb apart, C rows ldc apart. Portable version. */
 static void ukernel_c(int mr, int w, int kb, const float *A, size_t ars, size_t aks,
-                      const float *B, size_t ldb, float *C, size_t ldc)
+                      const float *B, size_t ldb, float *C, size_t ldc, int add)
 {
     for (int r = 0; r < mr; r++) {
         float acc[64] = {0};
@@ -136,7 +136,7 @@ static void ukernel_c(int mr, int w, int kb, const float *A, size_t ars, size_t 
                 acc[j] += a * b[j];
         }
         for (int j = 0; j < w; j++)
-            C[r * ldc + j] += acc[j];
+            C[r * ldc + j] = add ? C[r * ldc + j] + acc[j] : acc[j];
     }
 }
 
@@ -145,14 +145,19 @@ static void ukernel_c(int mr, int w, int kb, const float *A, size_t ars, size_t 
  * registers; per k, NV loads of B and MR broadcasts of A feed MR*NV FMAs. */
 __attribute__((target("avx512f"), always_inline)) static inline void
 ukernel_tile(const int MR, const int NV, __mmask16 last, int kb, const float *A, size_t ars,
-             size_t aks, const float *B, size_t ldb, float *C, size_t ldc)
+             size_t aks, const float *B, size_t ldb, float *C, size_t ldc, int add)
 {
     __m512 acc[6][4];
+    // C is read only after the k loop: ask for its lines now, so that an L2
+    // or memory miss overlaps the FMAs instead of stalling the epilogue
 #pragma GCC unroll 6
     for (int r = 0; r < MR; r++)
 #pragma GCC unroll 4
-        for (int v = 0; v < NV; v++)
+        for (int v = 0; v < NV; v++) {
+            if (add)
+                _mm_prefetch((const char *)(C + r * ldc + 16 * v), _MM_HINT_T0);
             acc[r][v] = _mm512_setzero_ps();
+        }
     for (int k = 0; k < kb; k++) {
         __m512 b[4];
         const float *bk = B + k * ldb, *ak = A + k * aks;
@@ -174,8 +179,10 @@ ukernel_tile(const int MR, const int NV, __mmask16 last, int kb, const float *A,
 #pragma GCC unroll 4
         for (int v = 0; v < NV; v++) {
             __mmask16 m = v == NV - 1 ? last : 0xFFFF;
-            __m512 old = _mm512_maskz_loadu_ps(m, c + 16 * v);
-            _mm512_mask_storeu_ps(c + 16 * v, m, _mm512_add_ps(old, acc[r][v]));
+            __m512 y = acc[r][v];
+            if (add)
+                y = _mm512_add_ps(_mm512_maskz_loadu_ps(m, c + 16 * v), y);
+            _mm512_mask_storeu_ps(c + 16 * v, m, y);
         }
     }
 }
@@ -183,30 +190,30 @@ ukernel_tile(const int MR, const int NV, __mmask16 last, int kb, const float *A,
 #define TILE_CASE(MR)                                                                       \
     case MR:                                                                                \
         switch (nv) {                                                                       \
-        case 1: ukernel_tile(MR, 1, last, kb, A, ars, aks, B, ldb, C, ldc); break;         \
-        case 2: ukernel_tile(MR, 2, last, kb, A, ars, aks, B, ldb, C, ldc); break;         \
-        case 3: ukernel_tile(MR, 3, last, kb, A, ars, aks, B, ldb, C, ldc); break;         \
-        default: ukernel_tile(MR, 4, last, kb, A, ars, aks, B, ldb, C, ldc); break;        \
+        case 1: ukernel_tile(MR, 1, last, kb, A, ars, aks, B, ldb, C, ldc, add); break;         \
+        case 2: ukernel_tile(MR, 2, last, kb, A, ars, aks, B, ldb, C, ldc, add); break;         \
+        case 3: ukernel_tile(MR, 3, last, kb, A, ars, aks, B, ldb, C, ldc, add); break;         \
+        default: ukernel_tile(MR, 4, last, kb, A, ars, aks, B, ldb, C, ldc, add); break;        \
         }                                                                                   \
         break;
 
 #define TILE_CASE1(MR)                                                                      \
     case MR:                                                                                \
         switch (nv) {                                                                       \
-        case 1: ukernel_tile(MR, 1, last, kb, A, ars, 1, B, ldb, C, ldc); break;           \
-        case 2: ukernel_tile(MR, 2, last, kb, A, ars, 1, B, ldb, C, ldc); break;           \
-        case 3: ukernel_tile(MR, 3, last, kb, A, ars, 1, B, ldb, C, ldc); break;           \
-        default: ukernel_tile(MR, 4, last, kb, A, ars, 1, B, ldb, C, ldc); break;          \
+        case 1: ukernel_tile(MR, 1, last, kb, A, ars, 1, B, ldb, C, ldc, add); break;           \
+        case 2: ukernel_tile(MR, 2, last, kb, A, ars, 1, B, ldb, C, ldc, add); break;           \
+        case 3: ukernel_tile(MR, 3, last, kb, A, ars, 1, B, ldb, C, ldc, add); break;           \
+        default: ukernel_tile(MR, 4, last, kb, A, ars, 1, B, ldb, C, ldc, add); break;          \
         }                                                                                   \
         break;
 
 __attribute__((target("avx512f"))) static void
 ukernel_avx512(int mr, int w, int kb, const float *A, size_t ars, size_t aks, const float *B,
-               size_t ldb, float *C, size_t ldc)
+               size_t ldb, float *C, size_t ldc, int add)
 {
     int nv = (w + 15) / 16;
     __mmask16 last = (__mmask16)(w % 16 ? (1u << (w % 16)) - 1 : 0xFFFF);
-    // A is always row-major now (aks == 1): a constant lets the compiler
+    // A is row-major everywhere (aks == 1): a constant lets the compiler
     // step six row pointers instead of multiplying in the loop
     if (aks == 1) {
         switch (mr) {
@@ -223,25 +230,27 @@ ukernel_avx512(int mr, int w, int kb, const float *A, size_t ars, size_t aks, co
     }
 }
 
+/* add 1: C += A @ B; add 0: C = A @ B (C is not read). */
 static void ukernel(int mr, int w, int kb, const float *A, size_t ars, size_t aks,
-                    const float *B, size_t ldb, float *C, size_t ldc)
+                    const float *B, size_t ldb, float *C, size_t ldc, int add)
 {
     if (df_ops_simd())
-        ukernel_avx512(mr, w, kb, A, ars, aks, B, ldb, C, ldc);
+        ukernel_avx512(mr, w, kb, A, ars, aks, B, ldb, C, ldc, add);
     else
-        ukernel_c(mr, w, kb, A, ars, aks, B, ldb, C, ldc);
+        ukernel_c(mr, w, kb, A, ars, aks, B, ldb, C, ldc, add);
 }
 
-/* C (M,N) += A (M,K) @ B (K,N), all row-major in place (attention's small
- * in-cache products): 64-column strips of B, 6 rows of A at a time. */
+/* C (M,N) += A (M,K) @ B (K,N) (add 1) or C = A @ B (add 0), all row-major
+ * in place (attention's small in-cache products): 64-column strips of B,
+ * 6 rows of A at a time. */
 static void gemm_block(int M, int N, int K, const float *A, size_t lda, const float *B,
-                       size_t ldb, float *C, size_t ldc)
+                       size_t ldb, float *C, size_t ldc, int add)
 {
     for (int j = 0; j < N; j += 64) {
         int w = N - j < 64 ? N - j : 64;
         for (int i = 0; i < M; i += 6) {
             int mr = M - i < 6 ? M - i : 6;
-            ukernel(mr, w, K, A + i * lda, lda, 1, B + j, ldb, C + i * ldc + j, ldc);
+            ukernel(mr, w, K, A + i * lda, lda, 1, B + j, ldb, C + i * ldc + j, ldc, add);
         }
     }
 }
@@ -253,9 +262,10 @@ static void gemm_block(int M, int N, int K, const float *A, size_t lda, const fl
  * 6-row panels of A pass over it); then, for MB rows of C at a time (an
  * MB x NB block that stays in L2 across the whole K loop, so C never goes
  * back to memory between k-blocks), runs the micro-kernel over every k-block,
- * strip and row panel. A is read in place: measured, packing it bought
- * nothing here, since its rows stream from L2 either way. */
-enum { KB = 128, NB = 256, MB = 240 };
+ * strip and row panel. A is read in place: packing it into contiguous panels
+ * measured no faster here (the kernel prefetches its C tile instead, which
+ * was where the stalls were). */
+enum { KB = 128, NB = 512, MB = 240 };
 
 typedef enum { B_ROWS, B_TRANS, B_IM2COL } bsrc_kind;
 
@@ -352,7 +362,7 @@ static void gemm_panel(const gemm_job *j, const float *bpack, int m0, int m1, in
                 const float *bs = bk + (size_t)(s / 64) * kb * 64;
                 for (int i = 0; i < mb; i += 6)
                     ukernel(mb - i < 6 ? mb - i : 6, w, kb, j->A + (size_t)(m + i) * j->lda + k,
-                            j->lda, 1, bs, 64, j->C + (size_t)(m + i) * j->ldc + n + s, j->ldc);
+                            j->lda, 1, bs, 64, j->C + (size_t)(m + i) * j->ldc + n + s, j->ldc, 1);
             }
         }
     }
@@ -565,7 +575,7 @@ static float scale_max(float *x, float scale, int n)
 
 /* -------------------------------------------------------------- attention */
 
-enum { AQ = 64, AK = 256 };   // query rows and keys per attention tile
+enum { AQ = 96, AK = 128 };   // query rows and keys per attention tile
 
 typedef struct {
     float *out;
@@ -588,8 +598,7 @@ static void attn_tile(const attn_job *J, attn_scratch *w, int b, int h, int i0, 
     const float *qb = J->q + ((size_t)b * J->Tq + i0) * C + (size_t)h * HS;
     const float *vb = J->v + ((size_t)b * J->Tk + j0) * C + (size_t)h * HS;
     // s (nq, nk) = q (nq, HS) @ kt tile of keys j0.. (HS, AK)
-    memset(w->s, 0, sizeof(float) * nq * AK);
-    gemm_block(nq, nk, HS, qb, (size_t)C, w->kt + (size_t)(j0 / AK) * HS * AK, AK, w->s, AK);
+    gemm_block(nq, nk, HS, qb, (size_t)C, w->kt + (size_t)(j0 / AK) * HS * AK, AK, w->s, AK, 0);
     for (int r = 0; r < nq; r++) {
         float *s = w->s + (size_t)r * AK;
         int i = i0 + r;
@@ -609,7 +618,7 @@ static void attn_tile(const attn_job *J, attn_scratch *w, int b, int h, int i0, 
             o[d] *= corr;
     }
     // o (nq, HS) += p (nq, nk) @ v (nk, HS)
-    gemm_block(nq, HS, nk, w->s, AK, vb, (size_t)C, w->o, (size_t)HS);
+    gemm_block(nq, HS, nk, w->s, AK, vb, (size_t)C, w->o, (size_t)HS, 1);
 }
 
 /* Queries i0..i0+nq of head (b,h), over all visible keys. */
