@@ -917,3 +917,115 @@ void df_geglu_forward(float *out, const float *inp, int N, int C)
     if (N > 0)
         elementwise(out, inp, (size_t)N, 2, C);
 }
+
+/* ----------------------------------------- elementwise helpers, transposes */
+
+/* One pass over n values, split among threads: a + b, s * a, sa a + sb b, or
+ * a + bias per (b,c) row of HW values. These are memory-bound: threads help
+ * only because each core has its own bandwidth to the caches. */
+typedef struct {
+    float *out;
+    const float *a, *b;
+    float sa, sb;
+    size_t n;
+    int op, HW;   // 0 add, 1 scale, 2 axpby, 3 channel bias (b holds one value per HW row)
+} vec_job;
+
+static void vec_task(void *ctx, int tid, int nt)
+{
+    vec_job *J = ctx;
+    // shares in whole HW rows for the channel bias, else in 4096 values
+    size_t align = J->op == 3 ? (size_t)J->HW : 4096;
+    size_t chunk = ((J->n + nt - 1) / nt + align - 1) / align * align;
+    size_t lo = chunk * tid < J->n ? chunk * tid : J->n;
+    size_t hi = lo + chunk < J->n ? lo + chunk : J->n;
+    float *y = J->out;
+    const float *a = J->a, *b = J->b;
+    if (J->op == 0)
+        for (size_t i = lo; i < hi; i++)
+            y[i] = a[i] + b[i];
+    else if (J->op == 1)
+        for (size_t i = lo; i < hi; i++)
+            y[i] = J->sa * a[i];
+    else if (J->op == 2)
+        for (size_t i = lo; i < hi; i++)
+            y[i] = J->sa * a[i] + J->sb * b[i];
+    else
+        for (size_t r = lo / J->HW; r < hi / J->HW; r++)
+            for (size_t i = r * J->HW; i < (r + 1) * J->HW; i++)
+                y[i] = a[i] + b[r];
+}
+
+static void vec_run(vec_job *J)
+{
+    int nt = threads_for(2.0 * (double)J->n);
+    run_parallel(vec_task, J, nt);
+}
+
+void df_add_forward(float *out, const float *a, const float *b, size_t n)
+{
+    vec_job J = {out, a, b, 0, 0, n, 0, 0};
+    vec_run(&J);
+}
+
+void df_scale_forward(float *out, const float *a, float s, size_t n)
+{
+    vec_job J = {out, a, NULL, s, 0, n, 1, 0};
+    vec_run(&J);
+}
+
+void df_axpby_forward(float *out, const float *a, float sa, const float *b, float sb, size_t n)
+{
+    vec_job J = {out, a, b, sa, sb, n, 2, 0};
+    vec_run(&J);
+}
+
+void df_add_channel_bias(float *out, const float *inp, const float *bias, int B, int C, int HW)
+{
+    // inp (B,C,HW), bias (B,C), out (B,C,HW)
+    if (B <= 0 || C <= 0 || HW <= 0)
+        return;
+    vec_job J = {out, inp, bias, 0, 0, (size_t)B * C * HW, 3, HW};
+    vec_run(&J);
+}
+
+/* (B, R, S) -> (B, S, R) in 32 x 32 tiles, so that both the reads and the
+ * writes touch whole cache lines; threads split the R rows. */
+typedef struct { float *out; const float *inp; int B, R, S; } tr_job;
+
+static void tr_task(void *ctx, int tid, int nt)
+{
+    tr_job *J = ctx;
+    int lo, hi;
+    split_range(J->R, 32, tid, nt, &lo, &hi);
+    for (int b = 0; b < J->B; b++) {
+        const float *x = J->inp + (size_t)b * J->R * J->S;
+        float *y = J->out + (size_t)b * J->R * J->S;
+        for (int r0 = lo; r0 < hi; r0 += 32)
+            for (int s0 = 0; s0 < J->S; s0 += 32) {
+                int r1 = r0 + 32 < hi ? r0 + 32 : hi, s1 = s0 + 32 < J->S ? s0 + 32 : J->S;
+                for (int s = s0; s < s1; s++)
+                    for (int r = r0; r < r1; r++)
+                        y[(size_t)s * J->R + r] = x[(size_t)r * J->S + s];
+            }
+    }
+}
+
+static void transpose(float *out, const float *inp, int B, int R, int S)
+{
+    if (B <= 0 || R <= 0 || S <= 0)
+        return;
+    tr_job J = {out, inp, B, R, S};
+    int nt = threads_for(4.0 * B * R * S);
+    run_parallel(tr_task, &J, nt);
+}
+
+void df_nchw_to_nhwc(float *out, const float *inp, int B, int C, int HW)
+{
+    transpose(out, inp, B, C, HW);   // inp (B,C,HW) -> out (B,HW,C)
+}
+
+void df_nhwc_to_nchw(float *out, const float *inp, int B, int C, int HW)
+{
+    transpose(out, inp, B, HW, C);   // inp (B,HW,C) -> out (B,C,HW)
+}

@@ -6,8 +6,10 @@
  * diffusers fixtures through them. Sums are accumulated in double so that the
  * reference is closer to the exact value than either torch or our fast code;
  * the per-op tolerances in the test then bound the fast code's float error.
- * Also here: the ops that have one version only (upsample, timestep
- * embedding, elementwise helpers, layout changes), being memory-bound loops. */
+ * Also here: upsample, timestep embedding and concat, which have one
+ * version only (memory-bound copies, a small fraction of any model's time).
+ * The elementwise helpers and layout changes, also single versions, are
+ * threaded and live in ops.c. */
 #include <math.h>
 #include <string.h>
 
@@ -266,32 +268,6 @@ void df_timestep_embedding(float *out, const float *t, int B, int dim, int flip_
     }
 }
 
-void df_add_forward(float *out, const float *a, const float *b, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        out[i] = a[i] + b[i];
-}
-
-void df_scale_forward(float *out, const float *a, float s, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        out[i] = s * a[i];
-}
-
-void df_axpby_forward(float *out, const float *a, float sa, const float *b, float sb, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        out[i] = sa * a[i] + sb * b[i];
-}
-
-void df_add_channel_bias(float *out, const float *inp, const float *bias, int B, int C, int HW)
-{
-    // inp (B,C,HW), bias (B,C), out (B,C,HW)
-    for (size_t bc = 0; bc < (size_t)B * C; bc++)
-        for (int i = 0; i < HW; i++)
-            out[bc * HW + i] = inp[bc * HW + i] + bias[bc];
-}
-
 void df_concat_channels(float *out, const float *a, int Ca, const float *b, int Cb, int B, int HW)
 {
     // a (B,Ca,HW), b (B,Cb,HW), out (B,Ca+Cb,HW); memmove in case out aliases a at b == 0
@@ -300,22 +276,4 @@ void df_concat_channels(float *out, const float *a, int Ca, const float *b, int 
         memmove(y, a + (size_t)n * Ca * HW, sizeof(float) * Ca * HW);
         memmove(y + (size_t)Ca * HW, b + (size_t)n * Cb * HW, sizeof(float) * Cb * HW);
     }
-}
-
-void df_nchw_to_nhwc(float *out, const float *inp, int B, int C, int HW)
-{
-    // inp (B,C,HW), out (B,HW,C); out must not alias inp
-    for (int b = 0; b < B; b++)
-        for (int c = 0; c < C; c++)
-            for (int i = 0; i < HW; i++)
-                out[((size_t)b * HW + i) * C + c] = inp[((size_t)b * C + c) * HW + i];
-}
-
-void df_nhwc_to_nchw(float *out, const float *inp, int B, int C, int HW)
-{
-    // inp (B,HW,C), out (B,C,HW); out must not alias inp
-    for (int b = 0; b < B; b++)
-        for (int c = 0; c < C; c++)
-            for (int i = 0; i < HW; i++)
-                out[((size_t)b * C + c) * HW + i] = inp[((size_t)b * HW + i) * C + c];
 }

@@ -240,6 +240,43 @@ static void test_ref_values(void)
     CHECK(U[0] == 1 && U[1] == 1 && U[2] == 2 && U[6] == 1 && U[12] == 4 && U[23] == 6);
 }
 
+/* The single-version helpers (threaded in ops.c) against plain loops:
+ * exact, they do one rounding each. */
+static void test_helpers(int B, int C, int HW)
+{
+    size_t n = (size_t)B * C * HW;
+    float *a = rand_buf(n, 3), *b = rand_buf(n, 3), *bias = rand_buf((size_t)B * C, 1);
+    float *y = malloc(sizeof(float) * n), *r = malloc(sizeof(float) * n);
+    char name[96];
+    snprintf(name, sizeof name, "helpers B=%d C=%d HW=%d: add", B, C, HW);
+    for (size_t i = 0; i < n; i++)
+        r[i] = a[i] + b[i];
+    df_add_forward(y, a, b, n);
+    compare(name, y, r, n, 0);
+    for (size_t i = 0; i < n; i++)
+        r[i] = 0.7f * a[i];
+    df_scale_forward(y, a, 0.7f, n);
+    compare("  ... scale", y, r, n, 0);
+    for (size_t i = 0; i < n; i++)
+        r[i] = 0.7f * a[i] + -1.3f * b[i];
+    memcpy(y, a, sizeof(float) * n);
+    df_axpby_forward(y, y, 0.7f, b, -1.3f, n);   // in place
+    compare("  ... axpby in place", y, r, n, 0);
+    for (size_t i = 0; i < n; i++)
+        r[i] = a[i] + bias[i / HW];
+    df_add_channel_bias(y, a, bias, B, C, HW);
+    compare("  ... channel bias", y, r, n, 0);
+    for (int bb = 0; bb < B; bb++)
+        for (int c = 0; c < C; c++)
+            for (int i = 0; i < HW; i++)
+                r[((size_t)bb * HW + i) * C + c] = a[((size_t)bb * C + c) * HW + i];
+    df_nchw_to_nhwc(y, a, B, C, HW);
+    compare("  ... nchw to nhwc", y, r, n, 0);
+    df_nhwc_to_nchw(b, y, B, C, HW);
+    compare("  ... and back", b, a, n, 0);
+    free(a), free(b), free(bias), free(y), free(r);
+}
+
 static void run_all(void)
 {
 
@@ -297,6 +334,9 @@ static void run_all(void)
     test_attention(1, 300, 300, 2, 64, 0);
     test_attention(2, 300, 77, 2, 64, 0);
     test_attention(1, 200, 200, 1, 64, 1);
+    test_helpers(1, 1, 1);
+    test_helpers(1, 3, 5);
+    test_helpers(2, 37, 9001);
 }
 
 int main(void)
