@@ -314,9 +314,35 @@ static void dct_min_size(const options *o, int w, int h, int *mw, int *mh)
     *mh = (int)(h * f + 0.999);
 }
 
-/* Decode src, fit it and write it to dst (through a temporary file and a
- * rename, so that a crash never leaves a half-written image). Fills the
- * output size and the source size; on error sets the record's error. */
+/* Write n bytes to dst through a temporary file and a rename, so that a
+ * crash never leaves a half-written image under the final name. */
+static df_status write_atomic(const char *dst, const uint8_t *buf, size_t n)
+{
+    size_t tl = strlen(dst) + 48;
+    char *tmp = malloc(tl);
+    if (!tmp)
+        return df_fail(DF_ERR_NOMEM, "out of memory");
+    /* pid and thread keep concurrent runs (GNU parallel) apart */
+    snprintf(tmp, tl, "%s.%d.%lu.tmp", dst, (int)getpid(), (unsigned long)pthread_self() % 1000000);
+    FILE *fp = make_parents(dst) ? NULL : fopen(tmp, "wb");
+    bool ok = fp && fwrite(buf, 1, n, fp) == n;
+    int e = errno;
+    if (fp && fclose(fp) != 0 && ok) {
+        ok = false;
+        e = errno;
+    }
+    if (ok && rename(tmp, dst)) {
+        ok = false;
+        e = errno;
+    }
+    if (!ok && fp)
+        unlink(tmp);
+    free(tmp);
+    return ok ? DF_OK : df_fail(DF_ERR_IO, "%s: %s", dst, strerror(e));
+}
+
+/* Decode src, fit it, encode it and write it to dst. Sets the output and
+ * source sizes on the record; on failure sets its error. */
 static bool resize_one(const options *o, const char *src, const char *dst, json_t *rec)
 {
     uint8_t *buf = NULL, *enc = NULL;
@@ -324,7 +350,6 @@ static bool resize_one(const options *o, const char *src, const char *dst, json_
     df_image img = { 0 }, fitted = { 0 };
     int w = 0, h = 0;
     bool ok = false;
-    char *tmp = NULL;
     df_image_limits lim = { o->max_pixels };
 
     if (df_image_read_file(src, &buf, &n) || df_image_probe_mem(buf, n, NULL, &w, &h))
@@ -349,23 +374,8 @@ static bool resize_one(const options *o, const char *src, const char *dst, json_
                : df_image_encode_jpeg_mem(&fitted, o->quality, &enc, &nenc))
         goto fail;
 
-    size_t tl = strlen(dst) + 48;
-    tmp = malloc(tl);
-    if (!tmp) {
-        df_fail(DF_ERR_NOMEM, "out of memory");
+    if (write_atomic(dst, enc, nenc))
         goto fail;
-    }
-    /* pid and thread keep concurrent runs (GNU parallel) apart */
-    snprintf(tmp, tl, "%s.%d.%lu.tmp", dst, (int)getpid(), (unsigned long)pthread_self() % 1000000);
-    FILE *fp = NULL;
-    if (make_parents(dst) || !(fp = fopen(tmp, "wb")) || fwrite(enc, 1, nenc, fp) != nenc ||
-        fclose(fp) != 0 || rename(tmp, dst)) {
-        int e = errno;
-        if (fp)
-            unlink(tmp);
-        df_fail(DF_ERR_IO, "%s: %s", dst, strerror(e));
-        goto fail;
-    }
     df_rec_set_int(rec, "width", fitted.w);
     df_rec_set_int(rec, "height", fitted.h);
     ok = true;
@@ -373,7 +383,6 @@ static bool resize_one(const options *o, const char *src, const char *dst, json_
 fail:
     df_rec_set_error(rec, "%s", df_last_error());
 out:
-    free(tmp);
     free(buf);
     free(enc);
     df_image_free(&img);

@@ -5,7 +5,7 @@
 # EXIF-rotated input against Pillow's exif_transpose, name collisions,
 # every kind of broken input (missing, zero-byte, truncated, CRC error,
 # not an image, oversized header, too small / too large, a scanned name
-# that is not UTF-8), malformed lines,
+# that is not UTF-8, an output that cannot be written), malformed lines,
 # field pass-through, -j2 == -j1, exit codes, and the man page's EXAMPLES.
 set -u
 : "${DF_BIN:=$(cd "$(dirname "$0")/../.." && pwd)/bin}"
@@ -213,6 +213,13 @@ check "--strict exits 1 on failed records" [ $? -eq 1 ]
 printf '%s\n' '{"file_name":"../tree/solid.png"}' | "$R" --root tree --out rec3 --quiet >rec3.jsonl 2>/dev/null
 check "outside-root name flattened ($(field rec3.jsonl ../tree/solid.png file_name))" \
     matches "$(field rec3.jsonl ../tree/solid.png file_name)" '^solid-[0-9a-f]{8}\.jpg$'
+
+# --- an output that cannot be written (its directory is a file): error record ---
+mkdir -p blk && : >blk/a
+echo '{"file_name":"a/x.jpg"}' | "$R" --root tree --out blk --quiet >blk.jsonl 2>blk.err
+check "unwritable output: run goes on" [ $? -eq 0 ]
+check "unwritable output: error names the path" grep -q '"error":"blk/a/x.jpg: ' blk.jsonl
+check "unwritable output: no temporary left" [ -z "$(find blk -name '*.tmp')" ]
 
 # --- a scanned name that is not UTF-8 cannot be a JSON string: error record ---
 mkdir -p utf
