@@ -343,6 +343,8 @@ typedef struct {
     bsrc b;
     float *C;
     size_t ldc;
+    int init;          // 1: C starts as row_init[m] + col_init[n] (NULL: 0), not as is
+    const float *row_init, *col_init;
     int split_rows;    // threads split the rows of C instead of its columns
     int failed;        // a thread could not get its pack buffer
 } gemm_job;
@@ -354,6 +356,14 @@ static void gemm_panel(const gemm_job *j, const float *bpack, int m0, int m1, in
 {
     for (int m = m0; m < m1; m += MB) {
         int mb = m1 - m < MB ? m1 - m : MB;
+        // the initial C block (bias or zeros), set here by the thread that
+        // owns it, so the fill is threaded and leaves the block in cache
+        for (int i = 0; j->init && i < mb; i++) {
+            float *c = j->C + (size_t)(m + i) * j->ldc + n;
+            float r = j->row_init ? j->row_init[m + i] : 0.0f;
+            for (int x = 0; x < nb; x++)
+                c[x] = r + (j->col_init ? j->col_init[n + x] : 0.0f);
+        }
         for (int k = 0; k < j->K; k += KB) {
             int kb = j->K - k < KB ? j->K - k : KB;
             const float *bk = bpack + (size_t)k * nbp;   // this k-block's strips
@@ -394,12 +404,13 @@ static void gemm_task(void *ctx, int tid, int nt)
     free(bpack);
 }
 
-/* C (M,N) += A (M,K) @ B (K,N) with B from `b`; returns 0, or -1 when scratch
- * memory could not be had (C is then partly updated: callers re-run the ref). */
+/* C (M,N) = init + A (M,K) @ B (K,N) with B from `b`, where init is
+ * row_init[m] + col_init[n] (either may be NULL for 0); returns 0, or -1
+ * when scratch memory could not be had (callers then run the reference). */
 static int gemm(int M, int N, int K, const float *A, size_t lda, const bsrc *b, float *C,
-                size_t ldc)
+                size_t ldc, const float *row_init, const float *col_init)
 {
-    gemm_job j = {M, N, K, A, lda, *b, C, ldc, 0, 0};
+    gemm_job j = {M, N, K, A, lda, *b, C, ldc, 1, row_init, col_init, 0, 0};
     int nt = threads_for(2.0 * M * N * K / 8);
     j.split_rows = N < 128 * nt;
     run_parallel(gemm_task, &j, nt);
@@ -408,18 +419,6 @@ static int gemm(int M, int N, int K, const float *A, size_t lda, const bsrc *b, 
 
 /* ----------------------------------------------------------------- linear */
 
-/* Fill each of N rows of out (N,OC) with bias, or zeros. */
-static void fill_rows(float *out, const float *bias, int N, int OC)
-{
-    for (int n = 0; n < N; n++) {
-        float *y = out + (size_t)n * OC;
-        if (bias)
-            memcpy(y, bias, sizeof(float) * OC);
-        else
-            memset(y, 0, sizeof(float) * OC);
-    }
-}
-
 /* Few rows (text encoder, cross-attention keys and values: N = 2 x 77):
  * packing the weight would cost about as much as the product, so compute
  * out^T (OC,N) = weight (OC,C) @ inp^T (C,N) instead, packing only inp, and
@@ -427,17 +426,17 @@ static void fill_rows(float *out, const float *bias, int N, int OC)
 static int linear_few_rows(float *out, const float *inp, const float *weight, const float *bias,
                            int N, int C, int OC)
 {
-    float *t = calloc((size_t)OC * N, sizeof(float));
+    float *t = malloc(sizeof(float) * OC * N);
     if (!t)
         return -1;
     bsrc b = {.kind = B_TRANS, .p = inp, .ld = (size_t)C};
-    if (gemm(OC, N, C, weight, (size_t)C, &b, t, (size_t)N) != 0) {
+    if (gemm(OC, N, C, weight, (size_t)C, &b, t, (size_t)N, bias, NULL) != 0) {
         free(t);
         return -1;
     }
     for (int n = 0; n < N; n++)
         for (int o = 0; o < OC; o++)
-            out[(size_t)n * OC + o] = t[(size_t)o * N + n] + (bias ? bias[o] : 0.0f);
+            out[(size_t)n * OC + o] = t[(size_t)o * N + n];
     free(t);
     return 0;
 }
@@ -448,14 +447,13 @@ void df_linear_forward(float *out, const float *inp, const float *weight, const 
     // out (N,OC) = inp (N,C) @ weight(OC,C)^T: B[k][n] = weight[n][k]
     if (N <= 0 || OC <= 0)
         return;
-    if (C > 0 && N < 256 && OC >= 4 * N) {
+    if (N < 256 && OC >= 4 * N) {
         if (linear_few_rows(out, inp, weight, bias, N, C, OC) != 0)
             df_linear_forward_ref(out, inp, weight, bias, N, C, OC);
         return;
     }
-    fill_rows(out, bias, N, OC);
     bsrc b = {.kind = B_TRANS, .p = weight, .ld = (size_t)C};
-    if (C > 0 && gemm(N, OC, C, inp, (size_t)C, &b, out, (size_t)OC) != 0)
+    if (gemm(N, OC, C, inp, (size_t)C, &b, out, (size_t)OC, NULL, bias) != 0)
         df_linear_forward_ref(out, inp, weight, bias, N, C, OC);
 }
 
@@ -474,14 +472,11 @@ void df_conv2d_forward(float *out, const float *inp, const float *weight, const 
     for (int b = 0; b < B; b++) {
         const float *x = inp + (size_t)b * C * H * W;
         float *y = out + (size_t)b * OC * OHW;
-        for (int o = 0; o < OC; o++)
-            for (size_t i = 0; i < OHW; i++)
-                y[o * OHW + i] = bias ? bias[o] : 0.0f;
         // a 1x1 stride-1 conv is a GEMM on the image itself: no packing
         bsrc src = plain ? (bsrc){.kind = B_ROWS, .p = x, .ld = OHW}
                          : (bsrc){.kind = B_IM2COL, .p = x, .C = C, .H = H, .W = W, .OW = OW,
                                   .g = g};
-        if (gemm(OC, (int)OHW, (int)CKK, weight, CKK, &src, y, OHW) != 0) {
+        if (gemm(OC, (int)OHW, (int)CKK, weight, CKK, &src, y, OHW, bias, NULL) != 0) {
             df_conv2d_forward_ref(out, inp, weight, bias, B, C, H, W, OC, g);
             return;
         }
