@@ -279,10 +279,25 @@ typedef struct {
     const df_conv2d_geom *g;
 } bsrc;
 
-/* One im2col row into row[0..nb): the values of tap (c,kh,kw) at outputs
- * n0..n0+nb. Runs along output rows: padding rows are zeros; for stride 1 the
- * rest is zeros at the edges and one straight copy between. */
-static void im2col_row(float *row, const bsrc *s, int k, int n0, int nb)
+/* Write n floats from src (zeros when src is NULL) at logical columns
+ * j..j+n of a strip-packed row: column x lands at (x/64)*strip + x%64. */
+static void put_run(float *dst, size_t strip, int j, const float *src, int n)
+{
+    while (n > 0) {
+        int m = 64 - j % 64 < n ? 64 - j % 64 : n;
+        float *d = dst + (size_t)(j / 64) * strip + j % 64;
+        if (src)
+            memcpy(d, src, sizeof(float) * m), src += m;
+        else
+            memset(d, 0, sizeof(float) * m);
+        j += m, n -= m;
+    }
+}
+
+/* One im2col row, strip-packed into dst: the values of tap (c,kh,kw) at
+ * outputs n0..n0+nb. Runs along output rows: padding rows are zeros; for
+ * stride 1 the rest is zeros at the edges and one straight copy between. */
+static void pack_im2col_row(float *dst, size_t strip, const bsrc *s, int k, int n0, int nb)
 {
     const df_conv2d_geom *g = s->g;
     int K = g->K, c = k / (K * K), kh = k / K % K, kw = k % K, st = g->stride, W = s->W;
@@ -292,22 +307,21 @@ static void im2col_row(float *row, const bsrc *s, int k, int n0, int nb)
         int run = s->OW - ow < nb - j ? s->OW - ow : nb - j;   // rest of this output row
         int ih = oh * st - g->pad_t + kh;
         const float *src = img + (size_t)ih * W;
-        float *d = row + j;
         if (ih < 0 || ih >= s->H) {
-            memset(d, 0, sizeof(float) * run);
+            put_run(dst, strip, j, NULL, run);
         } else if (st == 1) {
             // iw = ow + e - pad_l + kw: valid for e in [e0, e1)
             int base = ow - g->pad_l + kw;
             int e0 = base < 0 ? -base : 0, e1 = W - base < run ? W - base : run;
             e0 = e0 > run ? run : e0;
             e1 = e1 < e0 ? e0 : e1;
-            memset(d, 0, sizeof(float) * e0);
-            memcpy(d + e0, src + base + e0, sizeof(float) * (e1 - e0));
-            memset(d + e1, 0, sizeof(float) * (run - e1));
+            put_run(dst, strip, j, NULL, e0);
+            put_run(dst, strip, j + e0, src + base + e0, e1 - e0);
+            put_run(dst, strip, j + e1, NULL, run - e1);
         } else {
             for (int e = 0; e < run; e++) {
-                int iw = (ow + e) * st - g->pad_l + kw;
-                d[e] = iw >= 0 && iw < W ? src[iw] : 0.0f;
+                int iw = (ow + e) * st - g->pad_l + kw, x = j + e;
+                dst[(size_t)(x / 64) * strip + x % 64] = iw >= 0 && iw < W ? src[iw] : 0.0f;
             }
         }
         j += run, ow = 0, oh++;
@@ -321,10 +335,7 @@ static void pack_b(float *dst, const bsrc *s, int k0, int kb, int n0, int nb)
     for (int k = 0; k < kb; k++) {
         float *d = dst + (size_t)k * 64;
         if (s->kind == B_IM2COL) {
-            float row[NB];
-            im2col_row(row, s, k0 + k, n0, nb);
-            for (int j = 0; j < nb; j += 64)
-                memcpy(d + (size_t)(j / 64) * strip, row + j, sizeof(float) * (nb - j < 64 ? nb - j : 64));
+            pack_im2col_row(d, strip, s, k0 + k, n0, nb);
         } else if (s->kind == B_ROWS) {
             const float *src = s->p + (size_t)(k0 + k) * s->ld + n0;
             for (int j = 0; j < nb; j += 64)
