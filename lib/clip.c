@@ -196,6 +196,8 @@ df_status df_clip_load(const char *dir, const char *variant, df_clip **out)
         st = get_top(c, &top);
     for (int l = 0; !st && l < c->cfg.num_layers; l++)
         st = get_layer(c, l, &lw);
+    if (st && c->w)   /* a tensor's detail: say whose it is */
+        st = df_fail(st, "text encoder: %s", df_last_error());
     if (st) {
         df_clip_free(c);
         return st;

@@ -154,8 +154,8 @@ static char *kohya_resolve(const df_weights *w, const char *prefix, const char *
 static bool has_weight(df_weights *w, const char *module)
 {
     char name[1024];
-    snprintf(name, sizeof name, "%s.weight", module);
-    return w && df_weights_has(w, name);
+    int n = snprintf(name, sizeof name, "%s.weight", module);   /* a cut name must not match */
+    return w && n > 0 && (size_t)n < sizeof name && df_weights_has(w, name);
 }
 
 /* Decide the target model and module path of an adapter. */

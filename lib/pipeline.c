@@ -53,8 +53,12 @@ static df_status config_int(const char *dir, const char *file, const char *key, 
     df_status st = path ? df_json_load_file(path, &cfg) : df_fail(DF_ERR_NOMEM, "out of memory");
     if (st == DF_OK) {
         json_t *v = json_object_get(cfg, key);
-        if (json_is_integer(v))
+        /* Range-checked before the cast: 2^32 + 8 must not read as 8. */
+        if (json_is_integer(v) && json_integer_value(v) >= -65536 && json_integer_value(v) <= 65536)
             *out = (int)json_integer_value(v);
+        else if (json_is_integer(v))
+            st = df_fail(DF_ERR_RANGE, "%s: \"%s\" = %lld outside [-65536, 65536]", path, key,
+                         (long long)json_integer_value(v));
         else if (json_is_array(v))   /* block_out_channels: its length */
             *out = (int)json_array_size(v);
         else
@@ -120,7 +124,7 @@ df_status df_pipeline_open(const char *model_dir, const char *variant, df_pipeli
     if (st == DF_OK && (nblocks < 1 || nblocks > 8))
         st = df_fail(DF_ERR_FORMAT, "%s/vae/config.json: block_out_channels has %d entries "
                      "(1 to 8 accepted)", model_dir, nblocks);
-    p->vae_scale = 1 << (nblocks > 0 ? nblocks - 1 : 0);
+    p->vae_scale = st == DF_OK ? 1 << (nblocks - 1) : 1;
     /* The default image side (sample_size * vae scale) must stay a sane int. */
     if (st == DF_OK && (p->unet_sample_size < 1 || p->unet_sample_size > 8192 / p->vae_scale))
         st = df_fail(DF_ERR_FORMAT, "%s/unet/config.json: sample_size %d outside [1, %d]",

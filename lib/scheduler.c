@@ -7,6 +7,7 @@
 #include "scheduler_impl.h"
 
 #include <ctype.h>
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -808,7 +809,7 @@ df_status df_scheduler_load_config(const char *path, json_t **out)
     *out = NULL;
     FILE *f = fopen(path, "rb");
     if (!f)
-        return df_fail(DF_ERR_NOTFOUND, "%s: cannot open", path);
+        return df_fail(DF_ERR_NOTFOUND, "%s: cannot open: %s", path, strerror(errno));
     char *buf = NULL;
     size_t len = 0, cap = 0;
     for (;;) {

@@ -12,6 +12,7 @@
 #include "tokenizer.h"
 
 #include <jansson.h>
+#include <errno.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -226,7 +227,8 @@ static df_status load_vocab(df_tokenizer *t, const char *path)
     json_error_t err;
     json_t *v = json_load_file(path, 0, &err);
     if (!v)
-        return df_fail(DF_ERR_FORMAT, "%s: %s (line %d)", path, err.text, err.line);
+        return err.line > 0 ? df_fail(DF_ERR_FORMAT, "%s: %s (line %d)", path, err.text, err.line)
+                            : df_fail(DF_ERR_FORMAT, "%s: %s", path, err.text);
     df_status st = DF_OK;
     if (!json_is_object(v) || json_object_size(v) == 0) {
         st = df_fail(DF_ERR_FORMAT, "%s: not a non-empty JSON object", path);
@@ -271,7 +273,7 @@ static df_status read_file(const char *path, char **buf, size_t *len)
 {
     FILE *f = fopen(path, "rb");
     if (!f)
-        return df_fail(DF_ERR_NOTFOUND, "%s: cannot open", path);
+        return df_fail(DF_ERR_NOTFOUND, "%s: cannot open: %s", path, strerror(errno));
     char *b = NULL;
     size_t n = 0, cap = 0;
     df_status st = DF_OK;

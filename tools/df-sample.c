@@ -175,6 +175,16 @@ static void parse_args(int argc, char **argv, options *o, df_pipeline **pipe)
             df_usage_error("--scheduler: %s", df_last_error());
         df_scheduler_free(s);
     }
+    /* Before anything is loaded: a run that cannot write fails at once. */
+    struct stat sb;
+    if (mkdir(o->out_dir, 0777) != 0 && errno != EEXIST) {
+        df_error("--out %s: %s", o->out_dir, strerror(errno));
+        exit(1);
+    }
+    if (stat(o->out_dir, &sb) != 0 || !S_ISDIR(sb.st_mode)) {
+        df_error("--out %s: not a directory", o->out_dir);
+        exit(1);
+    }
     if (df_pipeline_open(o->model, o->variant, pipe) != DF_OK) {
         df_error("%s", df_last_error());
         exit(1);
@@ -210,6 +220,21 @@ static void parse_args(int argc, char **argv, options *o, df_pipeline **pipe)
     }
 }
 
+/* "3 tensors" or "F16 [1,4,8,8]": what a --latents file holds. */
+static void describe_tensors(const df_safetensors *st, char *buf, size_t cap)
+{
+    if (df_st_count(st) != 1) {
+        snprintf(buf, cap, "%zu tensors", df_st_count(st));
+        return;
+    }
+    const df_st_tensor *t = df_st_at(st, 0);
+    size_t o = (size_t)snprintf(buf, cap, "%s [", df_dtype_name(t->dtype));
+    for (int d = 0; d < t->ndim && o < cap; d++)
+        o += (size_t)snprintf(buf + o, cap - o, "%s%lld", d ? "," : "", (long long)t->shape[d]);
+    if (o < cap)
+        snprintf(buf + o, cap - o, "]");
+}
+
 /* Initial latents from --latents: one F32 tensor [N,C,h,w], N and the
  * image size (h*m, w*m) within what --batch, --width and --height accept. */
 static float *read_latents(const char *path, int C, int m, int *N, int *h, int *w)
@@ -223,8 +248,10 @@ static float *read_latents(const char *path, int C, int m, int *N, int *h, int *
     if (!t || t->dtype != DF_DTYPE_F32 || t->ndim != 4 || t->shape[1] != C ||
         t->shape[0] < 1 || t->shape[0] > 64 || t->shape[2] < 1 || t->shape[2] > 8192 / m ||
         t->shape[3] < 1 || t->shape[3] > 8192 / m) {
+        char found[160];
+        describe_tensors(st, found, sizeof found);
         df_error("%s: want exactly one F32 tensor of shape [N,%d,h,w] (N <= 64, h and w "
-                 "from 1 to %d)", path, C, 8192 / m);
+                 "from 1 to %d); found %s", path, C, 8192 / m, found);
         exit(1);
     }
     float *v = malloc(t->numel * sizeof *v);
@@ -524,6 +551,7 @@ int main(int argc, char **argv)
     if (!o.height)
         o.height = dh;
     run_state rs = {.o = &o, .pipe = pipe};
+    int input_failed = 0;
     if (o.latents_file) {
         int m = df_pipeline_size_multiple(pipe);
         float *init = read_latents(o.latents_file, df_pipeline_latent_channels(pipe), m,
@@ -537,15 +565,6 @@ int main(int argc, char **argv)
         o.width = rs.init_w * m;
         o.height = rs.init_h * m;
         o.batch = rs.init_n;
-    }
-    struct stat sb;
-    if (mkdir(o.out_dir, 0777) != 0 && errno != EEXIST) {
-        df_error("--out %s: %s", o.out_dir, strerror(errno));
-        return 1;
-    }
-    if (stat(o.out_dir, &sb) != 0 || !S_ISDIR(sb.st_mode)) {
-        df_error("--out %s: not a directory", o.out_dir);
-        return 1;
     }
     signal(SIGPIPE, SIG_IGN);
     signal(SIGINT, on_signal);
@@ -568,7 +587,7 @@ int main(int argc, char **argv)
         df_jsonl_reader_free(&r);
         if (!interrupted && st != DF_OK) {
             df_error("stdin: %s", df_last_error());
-            return 1;
+            input_failed = 1;
         }
     }
     free((float *)rs.init);
@@ -582,5 +601,5 @@ int main(int argc, char **argv)
         df_error("stdout: write error");
         return 1;
     }
-    return interrupted || (o.strict && rs.failed) ? 1 : 0;
+    return interrupted || input_failed || (o.strict && rs.failed) ? 1 : 0;
 }

@@ -66,6 +66,11 @@ elif op == "latents":        # DTYPE DIMS [NAME...]: one or more zero tensors
         data += b"\0" * (n * size)
         off += n * size
     write(path, hdr, data)
+elif op == "alpha":          # NAME VALUE: add a scalar F32 tensor
+    hdr, data = read(path)
+    end = max(v["data_offsets"][1] for k, v in hdr.items() if k != "__metadata__")
+    hdr[args[0]] = {"dtype": "F32", "shape": [], "data_offsets": [end, end + 4]}
+    write(path, hdr, data + struct.pack("<f", float(args[1])))
 elif op == "lora":           # KEY-PREFIX RANK IN OUT: a diffusers-style pair
     key, r, i, o = args[0], int(args[1]), int(args[2]), int(args[3])
     down = struct.pack("<f", 0.01) * (r * i)
@@ -189,6 +194,8 @@ cfg_case unet-heads-0 unet attention_head_dim 'd["attention_head_dim"] = [0, 2, 
 cfg_case unet-in-0 unet in_channels 'd["in_channels"] = 0'
 cfg_case unet-sample-0 unet sample_size 'd["sample_size"] = 0'
 cfg_case unet-sample-huge unet sample_size 'd["sample_size"] = 1 << 30'
+cfg_case unet-sample-wrap unet sample_size 'd["sample_size"] = (1 << 32) + 8'
+cfg_case unet-in-wrap unet in_channels 'd["in_channels"] = (1 << 32) + 4'
 cfg_case unet-cross-str unet cross_attention_dim 'd["cross_attention_dim"] = "32"'
 cfg_case unet-block-type unet FooBlock2D 'd["down_block_types"][0] = "FooBlock2D"'
 cfg_case unet-up-type unet BarBlock2D 'd["up_block_types"][1] = "BarBlock2D"'
@@ -270,6 +277,9 @@ expect_fail lora-missing 1 'lora-missing\.safetensors' --model good --lora lora-
 st lora-nan.safetensors lora unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q 4 32 32
 st lora-nan.safetensors fill unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora.up.weight nan
 expect_fail lora-nan 1 'lora-nan\.safetensors.*non-finite' --model good --lora lora-nan.safetensors "${M[@]}"
+st lora-alpha.safetensors lora unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q 4 32 32
+st lora-alpha.safetensors alpha unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.alpha inf
+expect_fail lora-alpha 1 'lora-alpha\.safetensors.*alpha.*not finite' --model good --lora lora-alpha.safetensors "${M[@]}"
 expect_fail lora-colon 1 'lora-nan\.safetensors:' --model good --lora "lora-nan.safetensors:" "${M[@]}"
 
 # 7. Prompts: too long (warning, truncated, image written), bad records.
@@ -283,6 +293,8 @@ for l in '[1, 2]' '"a face"' '42' 'null' '{"prompt": 3}' '{"prompt": "a", "steps
     echo "$l" > rec.jsonl
     IN=rec.jsonl expect_record "record-$(echo "$l" | tr -c 'a-z0-9' _)" '.' --model good
 done
+$PY -c 'import json; print(json.dumps({"prompt": "face " * 400000}))' > huge.jsonl
+IN=huge.jsonl expect_record huge-prompt 'prompt|MiB|long' --model good
 printf '{"prompt": "a face", "seed": 1}\n[1]\n{"prompt": "a face", "seed": 2}\n' > mixed.jsonl
 IN=mixed.jsonl run mixed --model good
 [ "$rc" = 0 ] && [ "$(grep -c file_name mixed.out)" = 2 ] && [ "$(grep -c '"error"' mixed.out)" = 1 ] ||
