@@ -281,8 +281,16 @@ typedef struct {
 
 /* Write n floats from src (zeros when src is NULL) at logical columns
  * j..j+n of a strip-packed row: column x lands at (x/64)*strip + x%64. */
-static void put_run(float *dst, size_t strip, int j, const float *src, int n)
+static inline void put_run(float *dst, size_t strip, int j, const float *src, int n)
 {
+    if (n > 0 && j % 64 + n <= 64) {   // the usual case: within one strip
+        float *d = dst + (size_t)(j / 64) * strip + j % 64;
+        if (src)
+            memcpy(d, src, sizeof(float) * n);
+        else
+            memset(d, 0, sizeof(float) * n);
+        return;
+    }
     while (n > 0) {
         int m = 64 - j % 64 < n ? 64 - j % 64 : n;
         float *d = dst + (size_t)(j / 64) * strip + j % 64;
