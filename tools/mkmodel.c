@@ -429,8 +429,10 @@ int main(int argc, char **argv)
     const char *src = argv[optind], *dst = argv[optind + 1];
     json_t *uj = load_json(src, "unet/config.json"), *vj = load_json(src, "vae/config.json");
     json_t *tj = load_json(src, "text_encoder/config.json");
-    if (!uj || !vj || !tj)
+    if (!uj || !vj || !tj) {
+        json_decref(uj), json_decref(vj), json_decref(tj);
         return 1;
+    }
     if (!keep) {   // the real SD 2.1 (768-v) sizes, fixtures README table
         json_object_set_new(uj, "block_out_channels", int_array(4, (int64_t[]){320, 640, 1280, 1280}));
         json_object_set_new(uj, "attention_head_dim", int_array(4, (int64_t[]){5, 10, 20, 20}));
@@ -466,6 +468,7 @@ int main(int argc, char **argv)
         bad |= check_against(&VL, p);
         snprintf(p, sizeof p, "%s/text_encoder/model.safetensors", src);
         bad |= check_against(&TL, p);
+        json_decref(uj), json_decref(vj), json_decref(tj);
         return bad ? 1 : 0;
     }
     const char *sub[] = {"", "/unet", "/vae", "/text_encoder", "/tokenizer", "/scheduler"};

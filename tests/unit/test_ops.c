@@ -246,7 +246,7 @@ static void test_helpers(int B, int C, int HW)
 {
     size_t n = (size_t)B * C * HW;
     float *a = rand_buf(n, 3), *b = rand_buf(n, 3), *bias = rand_buf((size_t)B * C, 1);
-    float *y = malloc(sizeof(float) * n), *r = malloc(sizeof(float) * n);
+    float *y = calloc(n, sizeof(float)), *r = calloc(n, sizeof(float));
     char name[96];
     snprintf(name, sizeof name, "helpers B=%d C=%d HW=%d: add", B, C, HW);
     for (size_t i = 0; i < n; i++)
