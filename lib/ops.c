@@ -1,24 +1,26 @@
 /* ops.c - the optimized versions of the op set in ops.h, the ones the models
  * call. Each is tested against its reference in ops_ref.c on random inputs,
- * odd sizes included, by tests/unit/test_ops.c (both SIMD paths).
+ * odd sizes included, by tests/unit/test_ops.c (AVX-512 and portable paths,
+ * 2 and 3 threads); the models through them by tests/check-fixtures.
  *
  * Why our own GEMM rather than OpenBLAS: measured on this machine (Intel with
- * AVX-512), Debian's OpenBLAS 0.3.21 picks its SSE3 "Prescott" kernels when
- * OPENBLAS_CORETYPE is unset (20 GFLOP/s a core) and its Haswell kernels when
- * it is set to Haswell (~70); which one a run gets depends on an environment
- * variable we must not touch. The AVX-512 kernel below does not depend on it.
- * Without AVX-512 a portable C kernel runs the same blocked loops.
+ * AVX-512, AMX), Debian's OpenBLAS 0.3.21 does not recognise the CPU and runs
+ * its SSE3 "Prescott" kernels when OPENBLAS_CORETYPE is unset (~20 GFLOP/s a
+ * core), ~70 with OPENBLAS_CORETYPE=Haswell and ~125 with SkylakeX; which one
+ * a run gets depends on an environment variable we must not touch. The
+ * AVX-512 micro-kernel below reaches ~135-155 GFLOP/s a core in cache and
+ * does not depend on it (tools/bench-ops.c compares both). Without AVX-512 a
+ * portable C kernel runs the same blocked loops.
  *
- * Structure: one blocked GEMM, C (M,N) += A (M,K) @ B (K,N), whose B operand
- * is packed block by block from one of three sources: a row-major matrix, a
- * transposed one (linear's weight), or an image read as its im2col matrix
- * (convolution), so that no im2col buffer is ever allocated. Threads split
- * the columns of C (or its rows when C is narrow); each packs its own blocks.
- * Attention is flash-style: per (batch, head, block of queries) it walks the
- * keys in blocks, with an online softmax, on the same micro-kernel.
+ * Structure: one blocked GEMM, C (M,N) = init + A (M,K) @ B (K,N), whose B
+ * operand is packed block by block from one of three sources: a row-major
+ * matrix, a transposed one (linear's weight), or an image read as its im2col
+ * matrix (convolution), so that no im2col buffer is ever allocated. Threads
+ * split the columns of C (or its rows when C is narrow); each packs its own
+ * blocks. Attention is flash-style: per (batch, head, block of queries) it
+ * walks the keys in blocks, with an online softmax, on the same micro-kernel.
  * Threads are plain pthreads started per call (a few tens of microseconds,
- * small next to the ops that use them), so nothing spins between ops and
- * OpenBLAS, still linked, never competes with idle pool threads.
+ * small next to the ops that use them), so nothing spins between ops.
  * If a scratch allocation fails an op falls back to its reference. */
 #include <math.h>
 #include <pthread.h>
