@@ -625,13 +625,16 @@ static void attn_tile(const attn_job *J, attn_scratch *w, int b, int h, int i0, 
             s[j] = 0.0f;   // masked keys weigh nothing
         if (valid == 0)
             continue;
-        float m_new = mx > w->m[r] ? mx : w->m[r];
-        float corr = expf(w->m[r] - m_new);   // 0 on the first tile (m = -inf)
-        w->l[r] = w->l[r] * corr + exp_shift_sum(s, s, m_new, valid);
-        w->m[r] = m_new;
-        float *o = w->o + (size_t)r * HS;
-        for (int d = 0; d < HS; d++)
-            o[d] *= corr;
+        // once the running max has settled (most tiles), nothing to rescale
+        if (mx > w->m[r]) {
+            float corr = expf(w->m[r] - mx);   // 0 on the first tile (m = -inf)
+            float *o = w->o + (size_t)r * HS;
+            for (int d = 0; d < HS; d++)
+                o[d] *= corr;
+            w->l[r] *= corr;
+            w->m[r] = mx;
+        }
+        w->l[r] += exp_shift_sum(s, s, w->m[r], valid);
     }
     // o (nq, HS) += p (nq, nk) @ v (nk, HS)
     gemm_block(nq, HS, nk, w->s, AK, vb, (size_t)C, w->o, (size_t)HS, 1);
