@@ -558,34 +558,27 @@ static float exp_shift_sum(float *y, const float *x, float m, int n)
     return s;
 }
 
-/* x[j] *= scale for j < n; returns the largest of the scaled values. */
-__attribute__((target("avx512f"))) static float scale_max_avx512(float *x, float scale, int n)
+/* The largest of x[0..n), -inf for n = 0. */
+__attribute__((target("avx512f"))) static float row_max_avx512(const float *x, int n)
 {
-    __m512 vs = _mm512_set1_ps(scale), mx = _mm512_set1_ps(-INFINITY);
+    __m512 mx = _mm512_set1_ps(-INFINITY);
     int j = 0;
-    for (; j + 16 <= n; j += 16) {
-        __m512 e = _mm512_mul_ps(_mm512_loadu_ps(x + j), vs);
-        _mm512_storeu_ps(x + j, e);
-        mx = _mm512_max_ps(mx, e);
-    }
+    for (; j + 16 <= n; j += 16)
+        mx = _mm512_max_ps(mx, _mm512_loadu_ps(x + j));
     if (j < n) {
         __mmask16 k = (__mmask16)((1u << (n - j)) - 1);
-        __m512 e = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, x + j), vs);
-        _mm512_mask_storeu_ps(x + j, k, e);
-        mx = _mm512_mask_max_ps(mx, k, mx, e);
+        mx = _mm512_mask_max_ps(mx, k, mx, _mm512_maskz_loadu_ps(k, x + j));
     }
     return _mm512_reduce_max_ps(mx);
 }
 
-static float scale_max(float *x, float scale, int n)
+static float row_max(const float *x, int n)
 {
     if (df_ops_simd())
-        return scale_max_avx512(x, scale, n);
+        return row_max_avx512(x, n);
     float mx = -INFINITY;
-    for (int j = 0; j < n; j++) {
-        x[j] *= scale;
+    for (int j = 0; j < n; j++)
         mx = x[j] > mx ? x[j] : mx;
-    }
     return mx;
 }
 
@@ -613,14 +606,14 @@ static void attn_tile(const attn_job *J, attn_scratch *w, int b, int h, int i0, 
     int C = J->NH * J->HS, HS = J->HS;
     const float *qb = J->q + ((size_t)b * J->Tq + i0) * C + (size_t)h * HS;
     const float *vb = J->v + ((size_t)b * J->Tk + j0) * C + (size_t)h * HS;
-    // s (nq, nk) = q (nq, HS) @ kt tile of keys j0.. (HS, AK)
+    // s (nq, nk) = q (nq, HS) @ kt tile of keys j0.. (HS, AK), kt holding scale * k
     gemm_block(nq, nk, HS, qb, (size_t)C, w->kt + (size_t)(j0 / AK) * HS * AK, AK, w->s, AK, 0);
     for (int r = 0; r < nq; r++) {
         float *s = w->s + (size_t)r * AK;
         int i = i0 + r;
         int valid = J->causal ? (i + 1 < J->Tk ? i + 1 : J->Tk) - j0 : nk;
         valid = valid < 0 ? 0 : valid > nk ? nk : valid;
-        float mx = scale_max(s, J->scale, valid);
+        float mx = row_max(s, valid);
         for (int j = valid; j < nk; j++)
             s[j] = 0.0f;   // masked keys weigh nothing
         if (valid == 0)
@@ -679,13 +672,15 @@ static void attn_task(void *ctx, int tid, int nt)
         int bh = it / nqb, qb = it % nqb, b = bh / J->NH, h = bh % J->NH;
         if (bh != cur_bh) {
             // this head's keys transposed, in tiles of AK keys: tile t holds
-            // (d, j) at t*HS*AK + d*AK + j%AK, so a tile's rows sit 1 KiB apart
-            // (rows Tk floats apart would all fall into the same cache sets)
+            // (d, j) at t*HS*AK + d*AK + j%AK, so a tile's rows sit 512 B apart
+            // (rows Tk floats apart would all fall into the same cache sets).
+            // The scale is applied here, once per key rather than per score
+            // (exact for SD's head sizes, where it is a power of 2).
             const float *kb = J->k + (size_t)b * J->Tk * C + (size_t)h * HS;
             for (int j = 0; j < J->Tk; j++) {
                 float *dst = w.kt + (size_t)(j / AK) * HS * AK + j % AK;
                 for (int d = 0; d < HS; d++)
-                    dst[(size_t)d * AK] = kb[(size_t)j * C + d];
+                    dst[(size_t)d * AK] = J->scale * kb[(size_t)j * C + d];
             }
             cur_bh = bh;
         }
