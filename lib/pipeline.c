@@ -230,6 +230,21 @@ static void stage(const df_pipeline_hooks *h, const char *name)
         h->on_stage(h->ctx, name);
 }
 
+/* A tokenizer from another model: its sequences or ids would not fit the
+ * text encoder's position or token tables, for every prompt (or, worse,
+ * only for prompts with rare words). */
+static df_status check_tokenizer_fits(const df_pipeline *p, const df_clip_config *c)
+{
+    if (df_tokenizer_max_length(p->tok) > c->max_positions)
+        return df_fail(DF_ERR_SHAPE, "%s: tokenizer model_max_length %d exceeds the text "
+                       "encoder's max_position_embeddings %d", p->dir,
+                       df_tokenizer_max_length(p->tok), c->max_positions);
+    if (df_tokenizer_id_end(p->tok) > c->vocab_size)
+        return df_fail(DF_ERR_SHAPE, "%s: tokenizer ids up to %d exceed the text encoder's "
+                       "vocab_size %d", p->dir, df_tokenizer_id_end(p->tok) - 1, c->vocab_size);
+    return DF_OK;
+}
+
 /* Embeddings (2,T,C): [negative, positive]. */
 static df_status encode_prompts(df_pipeline *p, const df_pipeline_params *pp,
                                 df_pipeline_output *out, float **embeds, int *T, int *C)
@@ -250,6 +265,8 @@ static df_status encode_prompts(df_pipeline *p, const df_pipeline_params *pp,
         free(dir);
         if (st == DF_OK)
             st = merge_loras(p, NULL, df_clip_weights(p->clip));
+        if (st == DF_OK)
+            st = check_tokenizer_fits(p, df_clip_get_config(p->clip));
         if (st != DF_OK) {
             p->load_failed = true;
             df_clip_free(p->clip);   /* not half-merged into the next call */

@@ -187,6 +187,7 @@ int32_t df_tokenizer_bos_id(const df_tokenizer *t) { return t->bos; }
 int32_t df_tokenizer_eos_id(const df_tokenizer *t) { return t->eos; }
 int32_t df_tokenizer_pad_id(const df_tokenizer *t) { return t->pad; }
 int32_t df_tokenizer_vocab_size(const df_tokenizer *t) { return t->vocab_entries; }
+int32_t df_tokenizer_id_end(const df_tokenizer *t) { return t->n_ids; }
 
 const char *df_tokenizer_token(const df_tokenizer *t, int32_t id)
 {

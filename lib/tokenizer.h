@@ -41,6 +41,8 @@ int32_t df_tokenizer_bos_id(const df_tokenizer *t);
 int32_t df_tokenizer_eos_id(const df_tokenizer *t);
 int32_t df_tokenizer_pad_id(const df_tokenizer *t);
 int32_t df_tokenizer_vocab_size(const df_tokenizer *t);
+/* 1 + the largest id in vocab.json: a text encoder needs this many rows. */
+int32_t df_tokenizer_id_end(const df_tokenizer *t);
 /* The vocabulary string of an id ("a</w>"), NULL when out of range. */
 const char *df_tokenizer_token(const df_tokenizer *t, int32_t id);
 

@@ -263,6 +263,10 @@ model m; own m/tokenizer/merges.txt; printf '#version: 0.2\nnot-a-pair\n' > m/to
 expect_fail tok-merges-bad 1 'merges\.txt' --model m "${M[@]}"
 model m; own m/tokenizer/vocab.json; echo '{}' > m/tokenizer/vocab.json
 expect_fail tok-vocab-empty 1 'vocab\.json' --model m "${M[@]}"
+model m; own m/tokenizer/tokenizer_config.json; json m/tokenizer/tokenizer_config.json 'd["model_max_length"] = 100'
+expect_fail tok-longer-than-te 1 'model_max_length 100.*max_position_embeddings 77' --model m "${M[@]}"
+model m; own m/tokenizer/vocab.json; json m/tokenizer/vocab.json 'd["zzzzqqq</w>"] = 60000'
+expect_fail tok-vocab-beyond-te 1 'ids up to 60000.*vocab_size 49408' --model m "${M[@]}"
 
 # 6. LoRAs.
 st lora-arch.safetensors lora unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q 4 320 320
