@@ -23,7 +23,7 @@ for t in ${DF_BENCH_THREADS:-1 2}; do
         # shellcheck disable=SC2086
         "$DF_BUILD/tools/bench-sd" "$model" $part "$t" "$reps" | tee -a "$out"
     done
-    awk -v t="$t" '/^te /{te=$5} /^unet +512/{u=$5} /^vae +512/{v=$5}
+    awk -v t="$t" '/^te /{te=$6} /^unet +512/{u=$6} /^vae +512/{v=$6}
         END { if (te && u && v) printf "20-step 512 px image, %d threads (estimated from the parts: te + 20 CFG steps + decode): %.1f s\n", t, te + 20*u + v }' "$out"
     rm -f "$out"
 done
