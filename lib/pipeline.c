@@ -198,9 +198,10 @@ df_status df_pipeline_add_lora(df_pipeline *p, const char *path, float scale,
     df_weights_free(tw);
     if (st != DF_OK)
         return st;
-    if (rep->n_pairs == 0)
-        return df_fail(DF_ERR_NOTFOUND, "%s: none of its %zu tensors matches this model", path,
-                       rep->n_tensors);
+    if (rep->n_pairs == 0)   /* name one, so that the key scheme can be seen */
+        return df_fail(DF_ERR_NOTFOUND, "%s: none of its %zu tensors matches this model%s%s%s",
+                       path, rep->n_tensors, rep->n_unmatched ? " (first: " : "",
+                       rep->n_unmatched ? rep->unmatched[0] : "", rep->n_unmatched ? ")" : "");
     lora_ref *v = realloc(p->loras, (p->n_loras + 1) * sizeof *v);
     if (!v)
         return df_fail(DF_ERR_NOMEM, "out of memory");
