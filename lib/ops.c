@@ -281,25 +281,37 @@ typedef struct {
     const df_conv2d_geom *g;
 } bsrc;
 
+/* d[i] = (src ? src[i] : 0) + v for i < n: the packing and C-init copies.
+ * Runs are short (at most a few hundred floats), where memcpy's string
+ * instructions spend more on starting than on copying. */
+__attribute__((target("avx512f"))) static void copy_add_avx512(float *d, const float *src,
+                                                               float v, int n)
+{
+    __m512 vv = _mm512_set1_ps(v);
+    for (int i = 0; i < n; i += 16) {
+        __mmask16 k = n - i >= 16 ? 0xFFFF : (__mmask16)((1u << (n - i)) - 1);
+        __m512 x = src ? _mm512_maskz_loadu_ps(k, src + i) : _mm512_setzero_ps();
+        _mm512_mask_storeu_ps(d + i, k, _mm512_add_ps(x, vv));
+    }
+}
+
+static void copy_add(float *d, const float *src, float v, int n)
+{
+    if (df_ops_simd())
+        copy_add_avx512(d, src, v, n);
+    else
+        for (int i = 0; i < n; i++)
+            d[i] = (src ? src[i] : 0.0f) + v;
+}
+
 /* Write n floats from src (zeros when src is NULL) at logical columns
  * j..j+n of a strip-packed row: column x lands at (x/64)*strip + x%64. */
 static inline void put_run(float *dst, size_t strip, int j, const float *src, int n)
 {
-    if (n > 0 && j % 64 + n <= 64) {   // the usual case: within one strip
-        float *d = dst + (size_t)(j / 64) * strip + j % 64;
-        if (src)
-            memcpy(d, src, sizeof(float) * n);
-        else
-            memset(d, 0, sizeof(float) * n);
-        return;
-    }
     while (n > 0) {
         int m = 64 - j % 64 < n ? 64 - j % 64 : n;
-        float *d = dst + (size_t)(j / 64) * strip + j % 64;
-        if (src)
-            memcpy(d, src, sizeof(float) * m), src += m;
-        else
-            memset(d, 0, sizeof(float) * m);
+        copy_add(dst + (size_t)(j / 64) * strip + j % 64, src, 0.0f, m);
+        src = src ? src + m : NULL;
         j += m, n -= m;
     }
 }
@@ -342,18 +354,23 @@ static void pack_im2col_row(float *dst, size_t strip, const bsrc *s, int k, int 
 static void pack_b(float *dst, const bsrc *s, int k0, int kb, int n0, int nb)
 {
     size_t strip = (size_t)kb * 64;
+    if (s->kind == B_TRANS) {
+        // B[k][n] = p[n][k]: walk the source rows (contiguous in k) and
+        // scatter down a strip column, which stays in L1
+        for (int j = 0; j < nb; j++) {
+            const float *src = s->p + (size_t)(n0 + j) * s->ld + k0;
+            float *d = dst + (size_t)(j / 64) * strip + j % 64;
+            for (int k = 0; k < kb; k++)
+                d[(size_t)k * 64] = src[k];
+        }
+        return;
+    }
     for (int k = 0; k < kb; k++) {
         float *d = dst + (size_t)k * 64;
-        if (s->kind == B_IM2COL) {
+        if (s->kind == B_IM2COL)
             pack_im2col_row(d, strip, s, k0 + k, n0, nb);
-        } else if (s->kind == B_ROWS) {
-            const float *src = s->p + (size_t)(k0 + k) * s->ld + n0;
-            for (int j = 0; j < nb; j += 64)
-                memcpy(d + (size_t)(j / 64) * strip, src + j, sizeof(float) * (nb - j < 64 ? nb - j : 64));
-        } else {
-            for (int j = 0; j < nb; j++)
-                d[(size_t)(j / 64) * strip + j % 64] = s->p[(size_t)(n0 + j) * s->ld + k0 + k];
-        }
+        else
+            put_run(d, strip, 0, s->p + (size_t)(k0 + k) * s->ld + n0, nb);
     }
 }
 
@@ -382,8 +399,7 @@ static void gemm_panel(const gemm_job *j, const float *bpack, int m0, int m1, in
         for (int i = 0; j->init && i < mb; i++) {
             float *c = j->C + (size_t)(m + i) * j->ldc + n;
             float r = j->row_init ? j->row_init[m + i] : 0.0f;
-            for (int x = 0; x < nb; x++)
-                c[x] = r + (j->col_init ? j->col_init[n + x] : 0.0f);
+            copy_add(c, j->col_init ? j->col_init + n : NULL, r, nb);
         }
         for (int k = 0; k < j->K; k += KB) {
             int kb = j->K - k < KB ? j->K - k : KB;
