@@ -24,6 +24,11 @@ typedef struct {
 struct df_pipeline {
     char *dir;
     char *variant;
+    /* Per component (text encoder, UNet, VAE): the variant its files have.
+     * A component without variant files falls back to its full-precision
+     * file, as diffusers does; `notes` says so for the caller to show. */
+    const char *comp_variant[3];
+    char notes[1024];
     df_tokenizer *tok;
     json_t *sched_config;
     int unet_sample_size, unet_channels, vae_scale;
@@ -84,7 +89,17 @@ static df_status check_model_files(df_pipeline *p)
     for (int i = 0; i < 3 && st == DF_OK; i++) {
         char *dir = join(p->dir, comps[i]);
         df_weights *w = NULL;
+        p->comp_variant[i] = p->variant;
         st = dir ? df_weights_open_dir(dir, p->variant, &w) : df_fail(DF_ERR_NOMEM, "out of memory");
+        if (st == DF_ERR_NOTFOUND && p->variant) {
+            st = df_weights_open_dir(dir, NULL, &w);
+            p->comp_variant[i] = NULL;
+            size_t n = strlen(p->notes);
+            if (st == DF_OK)
+                snprintf(p->notes + n, sizeof p->notes - n,
+                         "%s%s: no %s weight file; using the full-precision one", n ? "\n" : "",
+                         comps[i], p->variant);
+        }
         df_weights_free(w);
         free(dir);
     }
@@ -167,6 +182,11 @@ void df_pipeline_free(df_pipeline *p)
     free(p);
 }
 
+const char *df_pipeline_notes(const df_pipeline *p)
+{
+    return p->notes[0] ? p->notes : NULL;
+}
+
 void df_pipeline_keep_loaded(df_pipeline *p, bool keep) { p->keep = keep; }
 
 bool df_pipeline_load_failed(const df_pipeline *p) { return p->load_failed; }
@@ -187,9 +207,9 @@ df_status df_pipeline_add_lora(df_pipeline *p, const char *path, float scale,
      * come now, before a model is loaded for sampling. */
     df_weights *uw = NULL, *tw = NULL;
     char *ud = join(p->dir, "unet"), *td = join(p->dir, "text_encoder");
-    df_status st = df_weights_open_dir(ud, p->variant, &uw);
+    df_status st = df_weights_open_dir(ud, p->comp_variant[1], &uw);
     if (st == DF_OK)
-        st = df_weights_open_dir(td, p->variant, &tw);
+        st = df_weights_open_dir(td, p->comp_variant[0], &tw);
     free(ud);
     free(td);
     if (st == DF_OK)
@@ -262,7 +282,7 @@ static df_status encode_prompts(df_pipeline *p, const df_pipeline_params *pp,
     out->max_tokens = L;
     if (st == DF_OK && !p->clip) {
         char *dir = join(p->dir, "text_encoder");
-        st = df_clip_load(dir, p->variant, &p->clip);
+        st = df_clip_load(dir, p->comp_variant[0], &p->clip);
         free(dir);
         if (st == DF_OK)
             st = merge_loras(p, NULL, df_clip_weights(p->clip));
@@ -299,7 +319,7 @@ static df_status load_unet(df_pipeline *p)
     if (p->unet)
         return DF_OK;
     char *dir = join(p->dir, "unet");
-    df_status st = df_unet_load(dir, p->variant, &p->unet);
+    df_status st = df_unet_load(dir, p->comp_variant[1], &p->unet);
     free(dir);
     if (st == DF_OK)
         st = merge_loras(p, df_unet_weights(p->unet), NULL);
@@ -314,12 +334,14 @@ static df_status load_unet(df_pipeline *p)
 /* The denoising loop; latents (B,C,h,w) in and out. */
 static df_status denoise(df_pipeline *p, const df_pipeline_params *pp, const float *embeds, int T,
                          int Ctx, float *latents, int B, int C, int h, int w, df_rng *rng,
-                         const df_pipeline_hooks *hooks)
+                         const df_pipeline_hooks *hooks, df_pipeline_output *o)
 {
     df_scheduler *s = NULL;
     df_status st = df_scheduler_create(pp->scheduler, p->sched_config, NULL, &s);
-    if (st == DF_OK)
+    if (st == DF_OK) {
+        snprintf(o->scheduler, sizeof o->scheduler, "%s", df_scheduler_class_name(s));
         st = df_scheduler_set_timesteps(s, pp->steps);
+    }
     if (st == DF_OK)
         st = load_unet(p);
     /* The buffers below are sized from the text encoder and the pipeline's
@@ -399,7 +421,7 @@ static df_status decode(df_pipeline *p, df_pipeline_output *o)
     df_status st = DF_OK;
     if (!p->vae) {
         char *dir = join(p->dir, "vae");
-        st = df_vae_load(dir, p->variant, &p->vae);
+        st = df_vae_load(dir, p->comp_variant[2], &p->vae);
         free(dir);
         if (st == DF_OK && df_vae_latent_channels(p->vae) != o->C) {
             st = df_fail(DF_ERR_SHAPE, "%s/vae/config.json: latent_channels %d, the UNet makes %d",
@@ -480,7 +502,7 @@ df_status df_pipeline_generate(df_pipeline *p, const df_pipeline_params *pp,
     }
     if (st == DF_OK) {
         stage(hooks, "unet");
-        st = denoise(p, pp, embeds, T, Ctx, o->latents, o->batch, o->C, o->h, o->w, &rng, hooks);
+        st = denoise(p, pp, embeds, T, Ctx, o->latents, o->batch, o->C, o->h, o->w, &rng, hooks, o);
     }
     free(embeds);
     if (st == DF_OK) {

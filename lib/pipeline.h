@@ -35,6 +35,11 @@ typedef struct df_pipeline df_pipeline;
 df_status df_pipeline_open(const char *model_dir, const char *variant, df_pipeline **out);
 void df_pipeline_free(df_pipeline *p);
 
+/* Notes on how the folder was read, one per line (a component without the
+ * requested variant's weights falls back to its full-precision file, as
+ * diffusers does), or NULL. For the caller to show as warnings. */
+const char *df_pipeline_notes(const df_pipeline *p);
+
 /* Add a LoRA (merged into UNet and text encoder at load). The file is checked
  * now against both components' weight names, so a bad LoRA fails before any
  * sampling; the report says how many tensors matched. */
@@ -90,6 +95,7 @@ typedef struct {
     size_t prompt_tokens;          /* untruncated token counts incl. bos/eos */
     size_t negative_tokens;
     int max_tokens;                /* the tokenizer's limit (77) */
+    char scheduler[64];            /* diffusers class of the scheduler used */
 } df_pipeline_output;
 
 df_status df_pipeline_generate(df_pipeline *p, const df_pipeline_params *params,

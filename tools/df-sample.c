@@ -189,6 +189,13 @@ static void parse_args(int argc, char **argv, options *o, df_pipeline **pipe)
         df_error("%s", df_last_error());
         exit(1);
     }
+    const char *notes = df_pipeline_notes(*pipe);
+    while (notes && *notes) {
+        const char *nl = strchr(notes, '\n');
+        int len = nl ? (int)(nl - notes) : (int)strlen(notes);
+        df_warn("%.*s", len, notes);
+        notes += len + (nl != NULL);
+    }
     int m = df_pipeline_size_multiple(*pipe);
     if (o->width % m)
         df_usage_error("--width %d is not a multiple of %d", o->width, m);
@@ -439,7 +446,7 @@ static void write_image(run_state *rs, json_t *rec, const df_pipeline_params *pp
                     .px = out->rgb + (size_t)b * out->width * out->height * 3};
     char *path = next_png_name(o->out_dir, pp->seed, &rs->png_counter);
     json_t *r = json_deep_copy(rec);
-    const char *sched = pp->scheduler ? pp->scheduler : "model default";
+    const char *sched = pp->scheduler ? pp->scheduler : out->scheduler;
     df_rec_set_str(r, "file_name", path ? path : "");
     df_rec_set_str(r, "prompt", pp->prompt);
     df_rec_set_str(r, "negative_prompt", pp->negative_prompt ? pp->negative_prompt : "");

@@ -134,6 +134,13 @@ $PY -c 'import sys; from PIL import Image; sys.exit(Image.open(sys.argv[1]).toby
     "$(fname s1.jsonl)" "$(fname s2.jsonl)" || fail "same seed gave different pixels"
 [ "$(fname s1.jsonl)" != "$(fname s2.jsonl)" ] || fail "second run overwrote the first PNG"
 
+# --variant fp16: the UNet's fp16 file; components without one fall back, with a warning.
+"$S" --model "$FX/pipeline" --variant fp16 --out v16 -p "a face" --seed 3 --steps 2 > v16.jsonl 2> v16.err ||
+    fail "--variant fp16 run: $(cat v16.err)"
+grep -q "text_encoder: no fp16 weight file" v16.err || fail "no fallback warning for the text encoder"
+grep -q "unet: no fp16" v16.err && fail "the UNet has an fp16 file but it was not used"
+grep -q '"scheduler":"DDIMScheduler"' s1.jsonl || fail "record does not name the model's scheduler"
+
 # 4. Long prompt: truncated with a warning.
 long=$(printf 'face %.0s' $(seq 1 100))
 "$S" --model "$FX/pipeline" --out long --steps 1 -p "$long" > /dev/null 2> long.err || fail "long prompt run"
