@@ -334,6 +334,7 @@ static void run_all(void)
     test_attention(1, 300, 300, 2, 64, 0);
     test_attention(2, 300, 77, 2, 64, 0);
     test_attention(1, 200, 200, 1, 64, 1);
+    test_attention(1, 100, 150, 1, 512, 0);   // the VAE mid-block's one wide head
     test_helpers(1, 1, 1);
     test_helpers(1, 3, 5);
     test_helpers(2, 37, 9001);
