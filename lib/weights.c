@@ -14,7 +14,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 struct df_weights {
     df_safetensors *st;
@@ -81,6 +83,22 @@ void df_weights_free(df_weights *w)
     free(w);
 }
 
+/* Drop the mapped pages wholly inside a tensor whose data now lives in a
+ * private F32 copy (an F16 file converted, a LoRA-merged weight): they would
+ * otherwise stay resident beside the copy (1.7 GB for the SD 2.1 UNet's F16
+ * file). The mapping is read-only and private, so the kernel simply re-reads
+ * the file should anything touch those pages again. */
+static void release_pages(const df_st_tensor *t)
+{
+    long pg = sysconf(_SC_PAGESIZE);
+    if (pg <= 0 || t->nbytes == 0)
+        return;
+    uintptr_t b = (uintptr_t)t->data, e = b + t->nbytes;
+    uintptr_t lo = (b + (uintptr_t)pg - 1) & ~((uintptr_t)pg - 1), hi = e & ~((uintptr_t)pg - 1);
+    if (hi > lo)
+        madvise((void *)lo, hi - lo, MADV_DONTNEED);
+}
+
 /* Make slot i's private F32 copy if it has none. Caller holds the lock. */
 static df_status ensure_copy(df_weights *w, long i)
 {
@@ -93,6 +111,7 @@ static df_status ensure_copy(df_weights *w, long i)
         return s;
     w->copy[i] = buf;
     w->private_bytes += t->numel * sizeof(float);
+    release_pages(t);
     return DF_OK;
 }
 
