@@ -15,9 +15,10 @@
  * Structure: one blocked GEMM, C (M,N) = init + A (M,K) @ B (K,N), whose B
  * operand is packed block by block from one of three sources: a row-major
  * matrix, a transposed one (linear's weight), or an image read as its im2col
- * matrix (convolution), so that no im2col buffer is ever allocated. Threads
- * split the columns of C (or its rows when C is narrow); each packs its own
- * blocks. Attention is flash-style: per (batch, head, block of queries) it
+ * matrix (convolution), so that no im2col buffer is ever allocated. Work
+ * is cut into panels of columns of C (and chunks of rows when there are few
+ * panels) that threads take in turn from a shared counter; each packs its
+ * own blocks. Attention is flash-style: per (batch, head, block of queries) it
  * walks the keys in blocks, with an online softmax, on the same micro-kernel.
  * Threads are plain pthreads started per call (a few tens of microseconds,
  * small next to the ops that use them), so nothing spins between ops.
@@ -383,7 +384,11 @@ typedef struct {
     size_t ldc;
     int init;          // 1: C starts as row_init[m] + col_init[n] (NULL: 0), not as is
     const float *row_init, *col_init;
-    int split_rows;    // threads split the rows of C instead of its columns
+    // work items: P column panels of cw columns (cw a multiple of 64, the
+    // last panel narrower) times R row chunks of rc rows, panel-major;
+    // threads take the next item from `next` (see gemm_task)
+    int cw, P, rc, R;
+    int next;
     int failed;        // a thread could not get its pack buffer
 } gemm_job;
 
@@ -415,27 +420,38 @@ static void gemm_panel(const gemm_job *j, const float *bpack, int m0, int m1, in
     }
 }
 
+/* Items are taken in order from a shared counter rather than split evenly
+ * up front: on a machine shared with other jobs one thread is often
+ * descheduled for a while, and a fixed share would leave the op waiting
+ * for it while the other thread idles. A thread packs a panel of B only
+ * when its next item lies in another panel than the one it holds. */
 static void gemm_task(void *ctx, int tid, int nt)
 {
     gemm_job *j = ctx;
-    int m0 = 0, m1 = j->M, n0 = 0, n1 = j->N;
-    if (j->split_rows)
-        split_range(j->M, 6, tid, nt, &m0, &m1);
-    else
-        split_range(j->N, 64, tid, nt, &n0, &n1);
-    if (m0 >= m1 || n0 >= n1)
-        return;
-    // K x NB, with each k-block's strips padded to whole strips of 64
-    int nbmax = n1 - n0 < NB ? n1 - n0 : NB;
-    float *bpack = malloc(sizeof(float) * (size_t)j->K * ((nbmax + 63) / 64 * 64));
-    if (!bpack) {
-        __atomic_store_n(&j->failed, 1, __ATOMIC_RELAXED);
-        return;
-    }
-    for (int n = n0; n < n1; n += NB) {
-        int nb = n1 - n < NB ? n1 - n : NB, nbp = (nb + 63) / 64 * 64;
-        for (int k = 0; k < j->K; k += KB)
-            pack_b(bpack + (size_t)k * nbp, &j->b, k, j->K - k < KB ? j->K - k : KB, n, nb);
+    float *bpack = NULL;
+    int have = -1;   // the panel now in bpack
+    for (;;) {
+        int it = __atomic_fetch_add(&j->next, 1, __ATOMIC_RELAXED);
+        if (it >= j->P * j->R)
+            break;
+        int p = it / j->R, r = it % j->R;
+        int n = p * j->cw, nb = j->N - n < j->cw ? j->N - n : j->cw, nbp = (nb + 63) / 64 * 64;
+        int m0 = r * j->rc, m1 = m0 + j->rc < j->M ? m0 + j->rc : j->M;
+        if (m0 >= m1)
+            continue;
+        if (!bpack) {
+            // K x cw, with each k-block's strips padded to whole strips of 64
+            bpack = malloc(sizeof(float) * (size_t)j->K * j->cw);
+            if (!bpack) {
+                __atomic_store_n(&j->failed, 1, __ATOMIC_RELAXED);
+                return;
+            }
+        }
+        if (p != have) {
+            for (int k = 0; k < j->K; k += KB)
+                pack_b(bpack + (size_t)k * nbp, &j->b, k, j->K - k < KB ? j->K - k : KB, n, nb);
+            have = p;
+        }
         gemm_panel(j, bpack, m0, m1, n, nb, nbp);
     }
     free(bpack);
@@ -443,14 +459,23 @@ static void gemm_task(void *ctx, int tid, int nt)
 
 /* C (M,N) = init + A (M,K) @ B (K,N) with B from `b`, where init is
  * row_init[m] + col_init[n] (either may be NULL for 0); returns 0, or -1
- * when scratch memory could not be had (callers then run the reference). */
+ * when scratch memory could not be had (callers then run the reference).
+ * Work items: column panels of at most NB columns, of even widths; when
+ * there are too few panels to keep nt threads busy to the end, the rows
+ * are cut into chunks too (each thread then packs a panel it works on,
+ * which for few panels is a small matrix next to the product). */
 static int gemm(int M, int N, int K, const float *A, size_t lda, const bsrc *b, float *C,
                 size_t ldc, const float *row_init, const float *col_init)
 {
-    gemm_job j = {M, N, K, A, lda, *b, C, ldc, 1, row_init, col_init, 0, 0};
     int nt = threads_for(2.0 * M * N * K / 8);
-    j.split_rows = N < 128 * nt;
-    run_parallel(gemm_task, &j, nt);
+    int P = (N + NB - 1) / NB;
+    int cw = ((N + P - 1) / P + 63) / 64 * 64;
+    P = (N + cw - 1) / cw;
+    int R = P >= 3 * nt ? 1 : (4 * nt + P - 1) / P;
+    int rc = ((M + R - 1) / R + 5) / 6 * 6;
+    R = (M + rc - 1) / rc;
+    gemm_job j = {M, N, K, A, lda, *b, C, ldc, 1, row_init, col_init, cw, P, rc, R, 0, 0};
+    run_parallel(gemm_task, &j, nt < P * R ? nt : P * R);
     return j.failed ? -1 : 0;
 }
 
@@ -607,6 +632,7 @@ typedef struct {
     const float *q, *k, *v;
     int B, Tq, Tk, NH, HS, causal;
     float scale;
+    int next;      // the next work item (see attn_task)
     int failed;
 } attn_job;
 
@@ -671,10 +697,7 @@ static void attn_task(void *ctx, int tid, int nt)
 {
     attn_job *J = ctx;
     int C = J->NH * J->HS, HS = J->HS, nqb = (J->Tq + AQ - 1) / AQ;
-    int items = J->B * J->NH * nqb, lo, hi;
-    split_range(items, 1, tid, nt, &lo, &hi);
-    if (lo >= hi)
-        return;
+    int items = J->B * J->NH * nqb;
     size_t ktiles = (size_t)(J->Tk + AK - 1) / AK;
     attn_scratch w = {malloc(sizeof(float) * HS * AK * ktiles), malloc(sizeof(float) * AQ * AK),
                       malloc(sizeof(float) * AQ * HS), malloc(sizeof(float) * AQ),
@@ -683,8 +706,14 @@ static void attn_task(void *ctx, int tid, int nt)
         __atomic_store_n(&J->failed, 1, __ATOMIC_RELAXED);
         goto done;
     }
+    // items (head, block of queries), head-major, taken from a shared
+    // counter so that a descheduled thread holds nobody up (as gemm_task);
+    // a thread repacks K^T only when it moves to another head
     int cur_bh = -1;
-    for (int it = lo; it < hi; it++) {
+    for (;;) {
+        int it = __atomic_fetch_add(&J->next, 1, __ATOMIC_RELAXED);
+        if (it >= items)
+            break;
         int bh = it / nqb, qb = it % nqb, b = bh / J->NH, h = bh % J->NH;
         if (bh != cur_bh) {
             // this head's keys transposed, in tiles of AK keys: tile t holds
@@ -712,7 +741,7 @@ void df_attention_forward(float *out, const float *q, const float *k, const floa
 {
     if (B <= 0 || Tq <= 0 || Tk <= 0 || NH <= 0 || HS <= 0)
         return;
-    attn_job J = {out, q, k, v, B, Tq, Tk, NH, HS, causal, scale, 0};
+    attn_job J = {out, q, k, v, B, Tq, Tk, NH, HS, causal, scale, 0, 0};
     int nt = threads_for(4.0 * B * NH * Tq * Tk * HS / 8);
     int items = B * NH * ((Tq + AQ - 1) / AQ);
     run_parallel(attn_task, &J, nt < items ? nt : items);
