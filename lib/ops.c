@@ -625,7 +625,12 @@ static float row_max(const float *x, int n)
 
 /* -------------------------------------------------------------- attention */
 
-enum { AQ = 96, AK = 128 };   // query rows and keys per attention tile
+/* Query rows and keys per attention tile. Every block of AQ queries streams
+ * all of its head's K^T and V (2.4 MB each at 768 px level 0, more than L2
+ * holds), so larger query blocks halve that traffic: 192 measured ~15-20%
+ * faster than 96 on SD shapes (score tile 96 KiB, output tile 48 KiB at
+ * HS 64). */
+enum { AQ = 192, AK = 128 };
 
 typedef struct {
     float *out;
