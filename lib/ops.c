@@ -460,18 +460,26 @@ static void gemm_task(void *ctx, int tid, int nt)
 /* C (M,N) = init + A (M,K) @ B (K,N) with B from `b`, where init is
  * row_init[m] + col_init[n] (either may be NULL for 0); returns 0, or -1
  * when scratch memory could not be had (callers then run the reference).
- * Work items: column panels of at most NB columns, of even widths; when
- * there are too few panels to keep nt threads busy to the end, the rows
- * are cut into chunks too (each thread then packs a panel it works on,
- * which for few panels is a small matrix next to the product). */
+ * Work items: column panels of at most NB columns, of even widths. When
+ * that gives too few panels to keep nt threads busy to the end: with many
+ * more rows than columns (linear layers over many tokens) the rows are cut
+ * into chunks (each thread then packs the panels it meets, a small matrix
+ * next to the product); otherwise the panels are made narrower (down to 128
+ * columns), which costs only re-reads of A, not repacking of B (im2col). */
 static int gemm(int M, int N, int K, const float *A, size_t lda, const bsrc *b, float *C,
                 size_t ldc, const float *row_init, const float *col_init)
 {
     int nt = threads_for(2.0 * M * N * K / 8);
-    int P = (N + NB - 1) / NB;
-    int cw = ((N + P - 1) / P + 63) / 64 * 64;
+    int P = (N + NB - 1) / NB, R = 1;
+    if (P < 3 * nt && M >= 4 * N) {
+        R = 4 * nt;
+    } else if (P < 3 * nt) {
+        int want = N / 128 < 4 * nt ? N / 128 : 4 * nt;
+        P = P > want ? P : want;
+        R = P >= 2 * nt ? 1 : (4 * nt + P - 1) / P;
+    }
+    int strips = (N + 63) / 64, cw = 64 * ((strips + P - 1) / P);
     P = (N + cw - 1) / cw;
-    int R = P >= 3 * nt ? 1 : (4 * nt + P - 1) / P;
     int rc = ((M + R - 1) / R + 5) / 6 * 6;
     R = (M + rc - 1) / rc;
     gemm_job j = {M, N, K, A, lda, *b, C, ldc, 1, row_init, col_init, cw, P, rc, R, 0, 0};
