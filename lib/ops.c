@@ -457,6 +457,53 @@ static void gemm_task(void *ctx, int tid, int nt)
     free(bpack);
 }
 
+/* How long the slowest of nt equally fast threads runs on the items of a
+ * cut into column panels of cw and row chunks of rc, taken in order from the
+ * counter (each by the thread with the least work so far), in row x strip
+ * units: a part strip costs about a whole one in the kernel. */
+static long items_makespan(int M, int N, int cw, int rc, int nt)
+{
+    long load[256] = {0}, most = 0;
+    for (int n = 0; n < N; n += cw)
+        for (int m = 0; m < M; m += rc) {
+            int w = N - n < cw ? N - n : cw, h = M - m < rc ? M - m : rc, t = 0;
+            for (int i = 1; i < nt; i++)
+                t = load[i] < load[t] ? i : t;
+            load[t] += (long)h * ((w + 63) / 64);
+            most = load[t] > most ? load[t] : most;
+        }
+    return most;
+}
+
+/* Evens out a cut whose items do not share out over nt threads (3 panels
+ * for 2 threads at UNet level 2, a thin last panel at level 1): tries more
+ * panels and more row chunks. Near-ties (within 2%) go to the given cut,
+ * then to fewer panels and chunks: each extra panel re-reads all of A (the
+ * weights, tens of MB at level 2) and each extra row chunk repacks B. */
+static void balance_items(int M, int N, int nt, int *cw, int *rc)
+{
+    int strips = (N + 63) / 64, P0 = (N + *cw - 1) / *cw, R0 = (M + *rc - 1) / *rc;
+    long given = items_makespan(M, N, *cw, *rc, nt), best = given;
+    // pass 0 finds the shortest makespan, pass 1 takes the first cut near it
+    for (int pass = 0; pass < 2; pass++) {
+        if (pass == 1 && given * 50 <= best * 51)
+            return;
+        for (int P = P0; P <= P0 + nt && P <= strips; P++)
+            for (int R = R0; R <= R0 * nt; R++) {
+                int c = 64 * ((strips + P - 1) / P), r = ((M + R - 1) / R + 5) / 6 * 6;
+                if ((c < 128 && c < N) || r < 48)
+                    continue;
+                long t = items_makespan(M, N, c, r, nt);
+                if (pass == 0 && t < best)
+                    best = t;
+                if (pass == 1 && t * 50 <= best * 51) {
+                    *cw = c, *rc = r;
+                    return;
+                }
+            }
+    }
+}
+
 /* C (M,N) = init + A (M,K) @ B (K,N) with B from `b`, where init is
  * row_init[m] + col_init[n] (either may be NULL for 0); returns 0, or -1
  * when scratch memory could not be had (callers then run the reference).
@@ -479,8 +526,9 @@ static int gemm(int M, int N, int K, const float *A, size_t lda, const bsrc *b, 
         R = P >= 2 * nt ? 1 : (4 * nt + P - 1) / P;
     }
     int strips = (N + 63) / 64, cw = 64 * ((strips + P - 1) / P);
-    P = (N + cw - 1) / cw;
     int rc = ((M + R - 1) / R + 5) / 6 * 6;
+    balance_items(M, N, nt, &cw, &rc);
+    P = (N + cw - 1) / cw;
     R = (M + rc - 1) / rc;
     gemm_job j = {M, N, K, A, lda, *b, C, ldc, 1, row_init, col_init, cw, P, rc, R, 0, 0};
     run_parallel(gemm_task, &j, nt < P * R ? nt : P * R);
