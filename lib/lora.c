@@ -261,7 +261,7 @@ static df_status merge(const char *path, float *w, const adapter *a, int64_t r, 
             st = df_fail(DF_ERR_NUMERIC, "%s: LoRA %s holds NaN or Inf (non-finite values)",
                          path, a->base);
     }
-    if (st == DF_OK) {
+    if (st == DF_OK && w) {
         for (int64_t o = 0; o < out; o++)
             for (int64_t i = 0; i < inner; i++) {
                 double acc = 0;
@@ -296,8 +296,10 @@ static const char *format_name(int fmts)
     }
 }
 
-df_status df_lora_apply(const char *path, float scale, df_weights *unet,
-                        df_weights *text_encoder, df_lora_report *rep)
+/* Apply (merge_weights) or only check the file: the check does every step
+ * but the copy-on-write and the merge, so it is cheap and reports the same. */
+static df_status apply_file(const char *path, float scale, df_weights *unet,
+                            df_weights *text_encoder, df_lora_report *rep, bool merge_weights)
 {
     memset(rep, 0, sizeof *rep);
     df_safetensors *st;
@@ -349,10 +351,12 @@ df_status df_lora_apply(const char *path, float scale, df_weights *unet,
         df_weights *w = a->target == T_UNET ? unet : text_encoder;
         char wname[1100];
         snprintf(wname, sizeof wname, "%s.weight", a->module);
-        int wnd;
+        const df_st_tensor *wt = df_st_find(df_weights_file(w), wname);
+        int wnd = wt->ndim;
         int64_t ws[DF_ST_MAX_DIMS];
-        float *wp = df_weights_mut(w, wname, &wnd, ws);
-        if (!wp) {
+        memcpy(ws, wt->shape, sizeof ws);
+        float *wp = merge_weights ? df_weights_mut(w, wname, &wnd, ws) : NULL;
+        if (merge_weights && !wp) {
             s = df_fail(DF_ERR_NOMEM, "%s: cannot make %s writable", path, wname);
             break;
         }
@@ -384,6 +388,18 @@ df_status df_lora_apply(const char *path, float scale, df_weights *unet,
     free(l.v);
     df_st_close(st);
     return s;
+}
+
+df_status df_lora_apply(const char *path, float scale, df_weights *unet,
+                        df_weights *text_encoder, df_lora_report *rep)
+{
+    return apply_file(path, scale, unet, text_encoder, rep, true);
+}
+
+df_status df_lora_check(const char *path, df_weights *unet, df_weights *text_encoder,
+                        df_lora_report *rep)
+{
+    return apply_file(path, 1.0f, unet, text_encoder, rep, false);
 }
 
 void df_lora_report_free(df_lora_report *rep)

@@ -45,6 +45,12 @@ df_status df_lora_apply(const char *path, float scale, df_weights *unet,
                         df_weights *text_encoder, df_lora_report *rep);
 void df_lora_report_free(df_lora_report *rep);
 
+/* Everything df_lora_apply checks and reports (names, shapes, finite values,
+ * counts), without changing or copying any weight: for validating a LoRA
+ * before its model is loaded for use. */
+df_status df_lora_check(const char *path, df_weights *unet, df_weights *text_encoder,
+                        df_lora_report *rep);
+
 /* Parse "file.safetensors[:scale]" as df-sample's --lora takes it. The
  * returned path is malloc'd. A trailing ":x" is a scale only if x parses as
  * a number, so paths with colons still work. */

@@ -203,8 +203,8 @@ int df_pipeline_size_multiple(const df_pipeline *p) { return p->vae_scale; }
 df_status df_pipeline_add_lora(df_pipeline *p, const char *path, float scale,
                                df_lora_report *rep)
 {
-    /* Dry run on freshly opened weight tables: the report and any shape error
-     * come now, before a model is loaded for sampling. */
+    /* Check against freshly opened weight tables (nothing copied or merged):
+     * the report and any shape error come now, before a model is loaded. */
     df_weights *uw = NULL, *tw = NULL;
     char *ud = join(p->dir, "unet"), *td = join(p->dir, "text_encoder");
     df_status st = df_weights_open_dir(ud, p->comp_variant[1], &uw);
@@ -213,7 +213,7 @@ df_status df_pipeline_add_lora(df_pipeline *p, const char *path, float scale,
     free(ud);
     free(td);
     if (st == DF_OK)
-        st = df_lora_apply(path, scale, uw, tw, rep);
+        st = df_lora_check(path, uw, tw, rep);
     df_weights_free(uw);
     df_weights_free(tw);
     if (st != DF_OK)

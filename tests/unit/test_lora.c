@@ -174,6 +174,26 @@ int main(void)
     df_weights_free(unet);
     df_weights_free(te);
 
+    /* df_lora_check: the same report as apply, and no weight changed or copied. */
+    {
+        df_weights *cu, *ct;
+        open_models(&cu, &ct);
+        size_t n0;
+        float *w0 = snapshot(cu, UNET_W, &n0);
+        df_lora_report chk;
+        CHECK(df_lora_check(fxpath("lora/kohya_lora.safetensors"), cu, ct, &chk) == DF_OK);
+        CHECK(!strcmp(chk.format, "kohya") && chk.n_applied == chk.n_tensors && chk.n_unmatched == 0);
+        CHECK(chk.n_unet_pairs > 0 && chk.n_te_pairs > 0);
+        CHECK(df_weights_private_bytes(cu) == 0 && df_weights_private_bytes(ct) == 0);
+        float *w1 = snapshot(cu, UNET_W, &n0);
+        CHECK(w0 && w1 && memcmp(w0, w1, n0 * sizeof(float)) == 0);
+        free(w0);
+        free(w1);
+        df_lora_report_free(&chk);
+        df_weights_free(cu);
+        df_weights_free(ct);
+    }
+
     /* --lora argument parsing */
     char *p;
     float sc;
