@@ -33,6 +33,7 @@
 #include <immintrin.h>
 
 #include "ops.h"
+#include "ops_internal.h"
 
 /* ---------------------------------------------------------------- threads */
 
@@ -40,6 +41,8 @@
 static int n_threads;
 /* -1: not probed yet; 0: portable C kernels; 1: AVX-512. */
 static int simd_level = -1;
+/* -1: Winograd for 3x3 convolutions where it pays; 0: never; 1: wherever it applies. */
+static int winograd_mode = -1;
 
 void df_ops_set_threads(int n)
 {
@@ -59,6 +62,11 @@ void df_ops_set_simd(int level)
     simd_level = level;
 }
 
+void df_ops_set_winograd(int mode)
+{
+    winograd_mode = mode < 0 ? -1 : mode > 0;
+}
+
 int df_ops_simd(void)
 {
     if (simd_level < 0) {
@@ -68,7 +76,7 @@ int df_ops_simd(void)
     return simd_level;
 }
 
-typedef void (*task_fn)(void *ctx, int tid, int nt);
+typedef df_task_fn task_fn;
 typedef struct { task_fn fn; void *ctx; int tid, nt; } task_arg;
 
 static void *task_main(void *p)
@@ -109,6 +117,16 @@ static int threads_for(double work)
     int nt = df_ops_threads();
     int by_work = (int)(work / 1e6) + 1;
     return nt < by_work ? nt : by_work;
+}
+
+void df_ops_run_parallel(df_task_fn fn, void *ctx, int nt)
+{
+    run_parallel(fn, ctx, nt);
+}
+
+int df_ops_threads_for(double work)
+{
+    return threads_for(work);
 }
 
 /* Share [lo,hi) of n items for thread tid of nt, in multiples of `align`. */
@@ -268,12 +286,14 @@ static void gemm_block(int M, int N, int K, const float *A, size_t lda, const fl
  * strip and row panel. A is read in place: packing it into contiguous panels
  * measured no faster here (the kernel prefetches its C tile instead, which
  * was where the stalls were). */
-enum { KB = 128, NB = 512, MB = 240 };
+enum { KB = DF_GEMM_KB, NB = 512, MB = 240 };
 
-typedef enum { B_ROWS, B_TRANS, B_IM2COL } bsrc_kind;
+typedef enum { B_ROWS, B_TRANS, B_IM2COL, B_PACKED } bsrc_kind;
 
 /* Where B comes from: B_ROWS: B[k][n] = p[k*ld + n]; B_TRANS: B[k][n] = p[n*ld + k];
- * B_IM2COL: B[(c,kh,kw)][(oh,ow)] = image p (C,H,W) at (oh*s-pad_t+kh, ow*s-pad_l+kw). */
+ * B_IM2COL: B[(c,kh,kw)][(oh,ow)] = image p (C,H,W) at (oh*s-pad_t+kh, ow*s-pad_l+kw);
+ * B_PACKED: p already in the packed layout (df_ops_gemm_packed_index), ld = N
+ * rounded up to whole strips of 64: nothing to pack. */
 typedef struct {
     bsrc_kind kind;
     const float *p;
@@ -397,24 +417,30 @@ typedef struct {
 static void gemm_panel(const gemm_job *j, const float *bpack, int m0, int m1, int n, int nb,
                        int nbp)
 {
+    // C starting at zero needs no fill: the first k-block stores its
+    // products instead of adding them
+    int zero = j->init && !j->row_init && !j->col_init && j->K > 0;
     for (int m = m0; m < m1; m += MB) {
         int mb = m1 - m < MB ? m1 - m : MB;
-        // the initial C block (bias or zeros), set here by the thread that
-        // owns it, so the fill is threaded and leaves the block in cache
-        for (int i = 0; j->init && i < mb; i++) {
+        // the initial C block (bias), set here by the thread that owns it,
+        // so the fill is threaded and leaves the block in cache
+        for (int i = 0; j->init && !zero && i < mb; i++) {
             float *c = j->C + (size_t)(m + i) * j->ldc + n;
             float r = j->row_init ? j->row_init[m + i] : 0.0f;
             copy_add(c, j->col_init ? j->col_init + n : NULL, r, nb);
         }
         for (int k = 0; k < j->K; k += KB) {
             int kb = j->K - k < KB ? j->K - k : KB;
-            const float *bk = bpack + (size_t)k * nbp;   // this k-block's strips
+            // this k-block's strips
+            const float *bk = j->b.kind == B_PACKED ? j->b.p + (size_t)k * j->b.ld + (size_t)n * kb
+                                                    : bpack + (size_t)k * nbp;
             for (int s = 0; s < nb; s += 64) {
                 int w = nb - s < 64 ? nb - s : 64;
                 const float *bs = bk + (size_t)(s / 64) * kb * 64;
                 for (int i = 0; i < mb; i += 6)
                     ukernel(mb - i < 6 ? mb - i : 6, w, kb, j->A + (size_t)(m + i) * j->lda + k,
-                            j->lda, 1, bs, 64, j->C + (size_t)(m + i) * j->ldc + n + s, j->ldc, 1);
+                            j->lda, 1, bs, 64, j->C + (size_t)(m + i) * j->ldc + n + s, j->ldc,
+                            !zero || k > 0);
             }
         }
     }
@@ -439,6 +465,10 @@ static void gemm_task(void *ctx, int tid, int nt)
         int m0 = r * j->rc, m1 = m0 + j->rc < j->M ? m0 + j->rc : j->M;
         if (m0 >= m1)
             continue;
+        if (j->b.kind == B_PACKED) {
+            gemm_panel(j, NULL, m0, m1, n, nb, nbp);
+            continue;
+        }
         if (!bpack) {
             // K x cw, with each k-block's strips padded to whole strips of 64
             bpack = malloc(sizeof(float) * (size_t)j->K * j->cw);
@@ -535,6 +565,20 @@ static int gemm(int M, int N, int K, const float *A, size_t lda, const bsrc *b, 
     return j.failed ? -1 : 0;
 }
 
+int df_ops_gemm(int M, int N, int K, const float *A, size_t lda, const float *B, size_t ldb,
+                float *C, size_t ldc)
+{
+    bsrc b = {.kind = B_ROWS, .p = B, .ld = ldb};
+    return gemm(M, N, K, A, lda, &b, C, ldc, NULL, NULL);
+}
+
+int df_ops_gemm_packed(int M, int N, int K, const float *A, size_t lda, const float *Bp, float *C,
+                       size_t ldc)
+{
+    bsrc b = {.kind = B_PACKED, .p = Bp, .ld = (size_t)(N + 63) / 64 * 64};
+    return gemm(M, N, K, A, lda, &b, C, ldc, NULL, NULL);
+}
+
 /* ----------------------------------------------------------------- linear */
 
 /* Few rows (text encoder, cross-attention keys and values: N = 2 x 77):
@@ -584,6 +628,12 @@ void df_conv2d_forward(float *out, const float *inp, const float *weight, const 
     int OH, OW, K = g->K;
     df_conv2d_out_size(g, H, W, &OH, &OW);
     if (B <= 0 || OC <= 0 || OH <= 0 || OW <= 0)
+        return;
+    // most 3x3 convolutions: Winograd F(2x2, 3x3), 2.25x fewer flops (ops_winograd.c)
+    if (K == 3 && g->stride == 1 && g->pad_t == 1 && g->pad_l == 1 && g->pad_b == 1 &&
+        g->pad_r == 1 &&
+        (winograd_mode == 1 || (winograd_mode < 0 && df_conv2d_winograd_pays(B, C, H, W, OC))) &&
+        df_conv2d_winograd(out, inp, weight, bias, B, C, H, W, OC) == 0)
         return;
     size_t OHW = (size_t)OH * OW, CKK = (size_t)C * K * K;
     int plain = K == 1 && g->stride == 1 && !g->pad_t && !g->pad_l && !g->pad_b && !g->pad_r;

@@ -23,6 +23,10 @@ int df_ops_threads(void);
  * CPU has them), 0 portable C. Setting it is for tests and benchmarks. */
 void df_ops_set_simd(int level);
 int df_ops_simd(void);
+/* 3x3 stride-1 pad-1 convolutions by Winograd F(2x2, 3x3): -1 where it pays
+ * (the default: large images, see lib/ops_winograd.c), 0 never (the im2col
+ * GEMM), 1 wherever it applies. Setting it is for tests and benchmarks. */
+void df_ops_set_winograd(int mode);
 
 /* out (N,OC) = inp (N,C) @ weight(OC,C)^T + bias(OC) */
 void df_linear_forward_ref(float *out, const float *inp, const float *weight, const float *bias,

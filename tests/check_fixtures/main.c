@@ -94,11 +94,23 @@ static int dispatch(const cf_ctx *c)
 int main(int argc, char **argv)
 {
     df_log_init("check-fixtures");
+    // --winograd on|off: force the 3x3 convolutions' Winograd path on or off
+    // (the default lets ops choose by size, which on tiny fixture models is
+    // mostly off), so that the fixtures judge both paths
+    if (argc >= 3 && !strcmp(argv[1], "--winograd")) {
+        if (strcmp(argv[2], "on") && strcmp(argv[2], "off")) {
+            fprintf(stderr, "check-fixtures: --winograd takes on or off\n");
+            return 2;
+        }
+        df_ops_set_winograd(!strcmp(argv[2], "on"));
+        argc -= 2, argv += 2;
+    }
     if (argc < 2 || argc > 3 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help")) {
         fprintf(argc < 2 ? stderr : stdout,
-                "usage: check-fixtures DIR [FILTER]\n"
+                "usage: check-fixtures [--winograd on|off] DIR [FILTER]\n"
                 "Checks every reference in DIR/refs/MANIFEST.json against this implementation;\n"
-                "FILTER (a substring) restricts to matching reference files.\n");
+                "FILTER (a substring) restricts to matching reference files.\n"
+                "--winograd forces the Winograd path of 3x3 convolutions on or off.\n");
         return argc < 2 ? 2 : 0;
     }
     const char *filter = argc == 3 ? argv[2] : NULL;

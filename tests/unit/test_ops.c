@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "ops.h"
+#include "ops_internal.h"
 #include "unit.h"
 
 static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
@@ -82,6 +83,31 @@ static void test_conv(int B, int C, int H, int W, int OC, df_conv2d_geom g, int 
              W, OC, g.K, g.stride, g.pad_t, g.pad_l, g.pad_b, g.pad_r);
     compare(name, y2, y1, no, 1e-5);
     free(x), free(w), free(b), free(y1), free(y2);
+}
+
+/* 3x3 convolutions on the Winograd path forced on (odd and even sizes, tile
+ * rows cut by the image edges, more than 16 tiles to a row so that the
+ * AVX-512 transforms take full and partial groups), then forced off, so that
+ * both paths stay checked whatever the automatic choice takes. */
+static void test_winograd(void)
+{
+    df_conv2d_geom k3 = {3, 1, 1, 1, 1, 1};
+    for (int mode = 1; mode >= 0; mode--) {
+        df_ops_set_winograd(mode);
+        printf("-- winograd %s\n", mode ? "forced" : "off");
+        test_conv(1, 1, 1, 1, 1, k3, 1);
+        test_conv(1, 3, 2, 3, 4, k3, 0);
+        test_conv(2, 13, 9, 11, 10, k3, 1);
+        test_conv(1, 32, 33, 31, 40, k3, 1);
+        test_conv(2, 20, 40, 66, 12, k3, 1);
+        test_conv(1, 64, 32, 35, 64, k3, 1);
+    }
+    df_ops_set_winograd(1);
+    df_ops_winograd_set_chunk_bytes(64 << 10);   // chunks of 1-3 tile rows
+    test_conv(2, 24, 21, 37, 16, k3, 1);
+    df_ops_winograd_set_chunk_bytes(0);
+    df_ops_set_winograd(-1);
+    test_conv(2, 32, 32, 32, 32, k3, 1);   // the automatic choice
 }
 
 static void test_groupnorm(int B, int C, int HW, int G, float offset)
@@ -331,6 +357,7 @@ static void run_all(void)
     test_linear(300, 96, 200, 1);
     test_conv(1, 32, 24, 24, 48, k3, 1);
     test_conv(1, 48, 25, 23, 70, s2, 1);
+    test_winograd();
     test_attention(1, 300, 300, 2, 64, 0);
     test_attention(2, 300, 77, 2, 64, 0);
     test_attention(1, 200, 200, 1, 64, 1);

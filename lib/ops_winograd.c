@@ -1,0 +1,351 @@
+/* ops_winograd.c - 3x3, stride 1, pad 1 convolution by Winograd's minimal
+ * filtering F(2x2, 3x3) (Lavin and Gray, "Fast Algorithms for Convolutional
+ * Neural Networks", 2016), the convolution of most of the UNet and the VAE.
+ *
+ * Why: the direct convolution (im2col GEMM in ops.c) spends 36 multiply-adds
+ * per input channel on each 2x2 block of outputs; F(2x2, 3x3) spends 16.
+ * Each 4x4 input tile d becomes V = B^T d B, each filter g becomes
+ * U = G g G^T, and the outputs of a tile are A^T M A with
+ * M[xi] = sum over channels of U[xi] * V[xi] for the 16 positions xi: 16
+ * GEMMs (OC x C) @ (C x tiles) on ops.c's GEMM, 2.25 times fewer flops than
+ * the direct product. The transforms only add, subtract and halve, so the
+ * result stays within a few float roundings of the direct sum (larger
+ * tiles, F(4x4, 3x3), would save more but multiply by up to 8 in their
+ * transforms and lose digits; we keep the small one).
+ *
+ * Layout: tiles are numbered over the whole batch, tile row r = b*TH + ty,
+ * tile t = r*TW + tx (TH = ceil(H/2), TW = ceil(W/2)); tiles over the bottom
+ * or right edge read zeros and write nothing. The tile rows are done in
+ * chunks so that the transformed inputs V (16, C, tiles) and products
+ * M (16, OC, tiles) stay under chunk_bytes whatever the image size.
+ * Tested against the reference convolution by tests/unit/test_ops.c (forced
+ * on, at odd sizes, AVX-512 and portable paths) and, through the models, by
+ * tests/check-fixtures. */
+#include <stdint.h>
+#include <stdlib.h>
+
+#include <immintrin.h>
+
+#include "ops_internal.h"
+
+/* Bytes of V and M together per chunk: 32 MB keeps each under glibc's
+ * largest mmap threshold, so after the first convolution they come from the
+ * heap, not fresh zeroed pages (page faults measured ~10% of the op with
+ * 64 MB buffers). Tests set it small to exercise the chunking. */
+static size_t chunk_bytes = 32 << 20;
+
+void df_ops_winograd_set_chunk_bytes(size_t n)
+{
+    chunk_bytes = n ? n : 32 << 20;
+}
+
+typedef struct {
+    float *out;
+    const float *inp, *weight, *bias;
+    int B, C, H, W, OC, TH, TW;
+    int r0, r1;        // tile rows of this chunk
+    size_t tc;         // tiles in this chunk: (r1 - r0) * TW
+    float *U;          // (16, OC, C)
+    float *V;          // (16, C, tc), each in the GEMM's packed layout (vsize floats apart)
+    size_t vsize;
+    float *M;          // (16, OC, tc)
+} wino_job;
+
+/* Share [lo, hi) of n items for thread tid of nt. */
+static void share(size_t n, int tid, int nt, size_t *lo, size_t *hi)
+{
+    *lo = n * (size_t)tid / (size_t)nt;
+    *hi = n * (size_t)(tid + 1) / (size_t)nt;
+}
+
+/* --------------------------------------------------------------- filters */
+
+/* U[xi] (OC, C) = (G g G^T)[xi] for every filter g (3x3) of weight (OC, C, 3, 3),
+ * G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1]. */
+static void filter_task(void *ctx, int tid, int nt)
+{
+    wino_job *J = ctx;
+    size_t n = (size_t)J->OC * J->C, lo, hi;
+    share(n, tid, nt, &lo, &hi);
+    for (size_t f = lo; f < hi; f++) {
+        const float *g = J->weight + f * 9;
+        float t[4][3], u[4][4];
+        for (int j = 0; j < 3; j++) {   // G g: down each column of g
+            t[0][j] = g[j];
+            t[1][j] = 0.5f * (g[j] + g[3 + j] + g[6 + j]);
+            t[2][j] = 0.5f * (g[j] - g[3 + j] + g[6 + j]);
+            t[3][j] = g[6 + j];
+        }
+        for (int i = 0; i < 4; i++) {   // (G g) G^T: along each row
+            u[i][0] = t[i][0];
+            u[i][1] = 0.5f * (t[i][0] + t[i][1] + t[i][2]);
+            u[i][2] = 0.5f * (t[i][0] - t[i][1] + t[i][2]);
+            u[i][3] = t[i][2];
+        }
+        for (int xi = 0; xi < 16; xi++)
+            J->U[(size_t)xi * n + f] = u[xi / 4][xi % 4];
+    }
+}
+
+/* ---------------------------------------------------------------- inputs */
+
+/* V = B^T d B for one 4x4 tile d, B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1],
+ * written to v[xi * vstride]. */
+static void input_tile(float d[4][4], float *v, size_t vstride)
+{
+    // v: this tile's place in V[0]; the 16 matrices are vstride apart
+    float t[4][4];
+    for (int j = 0; j < 4; j++) {
+        t[0][j] = d[0][j] - d[2][j];
+        t[1][j] = d[1][j] + d[2][j];
+        t[2][j] = d[2][j] - d[1][j];
+        t[3][j] = d[1][j] - d[3][j];
+    }
+    for (int i = 0; i < 4; i++) {
+        v[(size_t)(i * 4 + 0) * vstride] = t[i][0] - t[i][2];
+        v[(size_t)(i * 4 + 1) * vstride] = t[i][1] + t[i][2];
+        v[(size_t)(i * 4 + 2) * vstride] = t[i][2] - t[i][1];
+        v[(size_t)(i * 4 + 3) * vstride] = t[i][1] - t[i][3];
+    }
+}
+
+/* The tiles of tile row ty of channel c (image img (H, W)), which are tiles
+ * t0.. of the chunk, into V: portable version. */
+static void input_row_c(const wino_job *J, const float *img, int ty, int c, int t0)
+{
+    for (int tx = 0; tx < J->TW; tx++) {
+        float d[4][4];
+        for (int i = 0; i < 4; i++)
+            for (int j = 0; j < 4; j++) {
+                int y = 2 * ty - 1 + i, x = 2 * tx - 1 + j;
+                d[i][j] = y >= 0 && y < J->H && x >= 0 && x < J->W ? img[(size_t)y * J->W + x] : 0.0f;
+            }
+        input_tile(d, J->V + df_ops_gemm_packed_index(J->C, (int)J->tc, c, t0 + tx), J->vsize);
+    }
+}
+
+/* Lanes l of a 16-float load at column s that fall inside [0, W). */
+static __mmask16 cols_in(int s, int W)
+{
+    int lo = s < 0 ? -s : 0, hi = W - s < 16 ? W - s : 16;
+    if (hi <= lo)
+        return 0;
+    return (__mmask16)(((1u << hi) - 1) & ~((1u << lo) - 1));
+}
+
+/* Masked load of row[s .. s+16), zeros outside [0, W); no lane outside is
+ * read, so s may be -1 (the left padding). */
+__attribute__((target("avx512f"))) static inline __m512 load_cols(const float *row, int s, int W)
+{
+    __mmask16 m = cols_in(s, W);
+    return m ? _mm512_maskz_loadu_ps(m, (const float *)((uintptr_t)row + (intptr_t)s * 4))
+             : _mm512_setzero_ps();
+}
+
+/* The same for 16 tiles at a time: tile tx+l reads columns 2(tx+l)-1+j, so
+ * column j of the 16 tiles is every other float from 2tx-1+j, split out of
+ * two or three loads by permutes. */
+/* Store the first n lanes of x as row c, columns t.. of the packed matrix
+ * v: a run of 16 columns may cross into the next strip of 64, which lies
+ * elsewhere. */
+__attribute__((target("avx512f"))) static inline void store_packed(const wino_job *J, float *v,
+                                                                   int c, int t, int n, __m512 x)
+{
+    __mmask16 all = (__mmask16)((1u << n) - 1);
+    int n1 = 64 - t % 64;
+    _mm512_mask_storeu_ps(v + df_ops_gemm_packed_index(J->C, (int)J->tc, c, t),
+                          n1 >= n ? all : (__mmask16)((1u << n1) - 1), x);
+    if (n1 < n) {   // lane n1 goes to the start of the next strip
+        float *next = v + df_ops_gemm_packed_index(J->C, (int)J->tc, c, t + n1);
+        _mm512_mask_storeu_ps(next - n1, all & (__mmask16) ~((1u << n1) - 1), x);
+    }
+}
+
+__attribute__((target("avx512f"))) static void input_row_avx512(const wino_job *J,
+                                                                const float *img, int ty, int c,
+                                                                int t0)
+{
+    const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+    const __m512i odd = _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
+    int W = J->W;
+    for (int tx = 0; tx < J->TW; tx += 16) {
+        __m512 d[4][4];
+        for (int i = 0; i < 4; i++) {
+            int y = 2 * ty - 1 + i;
+            if (y < 0 || y >= J->H) {
+                for (int j = 0; j < 4; j++)
+                    d[i][j] = _mm512_setzero_ps();
+                continue;
+            }
+            const float *row = img + (size_t)y * W;
+            int s = 2 * tx - 1;
+            __m512 a = load_cols(row, s, W), b = load_cols(row, s + 16, W);
+            __m512 c = load_cols(row, s + 32, W);
+            // a2, b2: the same columns moved on by two
+            __m512 a2 = _mm512_castsi512_ps(
+                _mm512_alignr_epi32(_mm512_castps_si512(b), _mm512_castps_si512(a), 2));
+            __m512 b2 = _mm512_castsi512_ps(
+                _mm512_alignr_epi32(_mm512_castps_si512(c), _mm512_castps_si512(b), 2));
+            d[i][0] = _mm512_permutex2var_ps(a, even, b);
+            d[i][1] = _mm512_permutex2var_ps(a, odd, b);
+            d[i][2] = _mm512_permutex2var_ps(a2, even, b2);
+            d[i][3] = _mm512_permutex2var_ps(a2, odd, b2);
+        }
+        int n = J->TW - tx < 16 ? J->TW - tx : 16;
+        for (int i = 0; i < 4; i++) {
+            // column i of B^T d, in place of column i of d
+            __m512 t0 = _mm512_sub_ps(d[0][i], d[2][i]), t1 = _mm512_add_ps(d[1][i], d[2][i]);
+            __m512 t2 = _mm512_sub_ps(d[2][i], d[1][i]), t3 = _mm512_sub_ps(d[1][i], d[3][i]);
+            d[0][i] = t0, d[1][i] = t1, d[2][i] = t2, d[3][i] = t3;
+        }
+        float *v = J->V;
+        for (int r = 0; r < 4; r++) {   // row r of (B^T d) B
+            store_packed(J, v + (r * 4 + 0) * J->vsize, c, t0 + tx, n, _mm512_sub_ps(d[r][0], d[r][2]));
+            store_packed(J, v + (r * 4 + 1) * J->vsize, c, t0 + tx, n, _mm512_add_ps(d[r][1], d[r][2]));
+            store_packed(J, v + (r * 4 + 2) * J->vsize, c, t0 + tx, n, _mm512_sub_ps(d[r][2], d[r][1]));
+            store_packed(J, v + (r * 4 + 3) * J->vsize, c, t0 + tx, n, _mm512_sub_ps(d[r][1], d[r][3]));
+        }
+    }
+}
+
+/* V (16, C, tc) for this chunk's tile rows, channels shared among threads. */
+static void input_task(void *ctx, int tid, int nt)
+{
+    wino_job *J = ctx;
+    size_t lo, hi;
+    share((size_t)J->C, tid, nt, &lo, &hi);
+    for (size_t c = lo; c < hi; c++)
+        for (int r = J->r0; r < J->r1; r++) {
+            int b = r / J->TH, ty = r % J->TH, t0 = (r - J->r0) * J->TW;
+            const float *img = J->inp + ((size_t)b * J->C + c) * J->H * J->W;
+            if (df_ops_simd())
+                input_row_avx512(J, img, ty, (int)c, t0);
+            else
+                input_row_c(J, img, ty, (int)c, t0);
+        }
+}
+
+/* --------------------------------------------------------------- outputs */
+
+/* The 2x2 outputs of one tile, A^T M A with A^T = [1 1 1 0; 0 1 -1 -1]:
+ * rows first (s = A^T M, 2x4), then columns. */
+static void output_row_c(const wino_job *J, const float *m, size_t mstride, float bias, float *img,
+                         int ty)
+{
+    for (int tx = 0; tx < J->TW; tx++) {
+        float s[2][4], y[2][2];
+        for (int j = 0; j < 4; j++) {
+            float m0 = m[(size_t)j * mstride + tx], m1 = m[(size_t)(4 + j) * mstride + tx];
+            float m2 = m[(size_t)(8 + j) * mstride + tx], m3 = m[(size_t)(12 + j) * mstride + tx];
+            s[0][j] = m0 + m1 + m2;
+            s[1][j] = m1 - m2 - m3;
+        }
+        for (int i = 0; i < 2; i++) {
+            y[i][0] = s[i][0] + s[i][1] + s[i][2] + bias;
+            y[i][1] = s[i][1] - s[i][2] - s[i][3] + bias;
+        }
+        for (int i = 0; i < 2; i++)
+            for (int j = 0; j < 2; j++)
+                if (2 * ty + i < J->H && 2 * tx + j < J->W)
+                    img[(size_t)(2 * ty + i) * J->W + 2 * tx + j] = y[i][j];
+    }
+}
+
+__attribute__((target("avx512f"))) static void output_row_avx512(const wino_job *J,
+                                                                 const float *m, size_t mstride,
+                                                                 float bias, float *img, int ty)
+{
+    // interleave two rows of 16 tile outputs into 32 columns
+    const __m512i lo = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+    const __m512i hi =
+        _mm512_set_epi32(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8);
+    __m512 vb = _mm512_set1_ps(bias);
+    for (int tx = 0; tx < J->TW; tx += 16) {
+        __mmask16 k = J->TW - tx >= 16 ? 0xFFFF : (__mmask16)((1u << (J->TW - tx)) - 1);
+        __m512 s[2][4];
+        for (int j = 0; j < 4; j++) {
+            __m512 m0 = _mm512_maskz_loadu_ps(k, m + (size_t)j * mstride + tx);
+            __m512 m1 = _mm512_maskz_loadu_ps(k, m + (size_t)(4 + j) * mstride + tx);
+            __m512 m2 = _mm512_maskz_loadu_ps(k, m + (size_t)(8 + j) * mstride + tx);
+            __m512 m3 = _mm512_maskz_loadu_ps(k, m + (size_t)(12 + j) * mstride + tx);
+            s[0][j] = _mm512_add_ps(_mm512_add_ps(m0, m1), m2);
+            s[1][j] = _mm512_sub_ps(_mm512_sub_ps(m1, m2), m3);
+        }
+        for (int i = 0; i < 2; i++) {
+            int y = 2 * ty + i;
+            if (y >= J->H)
+                break;
+            __m512 y0 = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(s[i][0], s[i][1]), s[i][2]), vb);
+            __m512 y1 = _mm512_add_ps(_mm512_sub_ps(_mm512_sub_ps(s[i][1], s[i][2]), s[i][3]), vb);
+            float *row = img + (size_t)y * J->W;
+            _mm512_mask_storeu_ps(row + 2 * tx, cols_in(2 * tx, J->W),
+                                  _mm512_permutex2var_ps(y0, lo, y1));
+            _mm512_mask_storeu_ps(row + 2 * tx + 16, cols_in(2 * tx + 16, J->W),
+                                  _mm512_permutex2var_ps(y0, hi, y1));
+        }
+    }
+}
+
+/* Outputs of this chunk's tile rows from M (16, OC, tc), output channels
+ * shared among threads. */
+static void output_task(void *ctx, int tid, int nt)
+{
+    wino_job *J = ctx;
+    size_t lo, hi, mstride = (size_t)J->OC * J->tc;
+    share((size_t)J->OC, tid, nt, &lo, &hi);
+    for (size_t oc = lo; oc < hi; oc++)
+        for (int r = J->r0; r < J->r1; r++) {
+            int b = r / J->TH, ty = r % J->TH;
+            float *img = J->out + ((size_t)b * J->OC + oc) * J->H * J->W;
+            const float *m = J->M + oc * J->tc + (size_t)(r - J->r0) * J->TW;
+            float bias = J->bias ? J->bias[oc] : 0.0f;
+            if (df_ops_simd())
+                output_row_avx512(J, m, mstride, bias, img, ty);
+            else
+                output_row_c(J, m, mstride, bias, img, ty);
+        }
+}
+
+/* ------------------------------------------------------------------ entry */
+
+/* Measured on SD shapes (tools/bench-ops): from 32x32 images up, the 16
+ * GEMMs have enough columns to run near the direct GEMM's speed, and the
+ * transforms' extra memory traffic is small next to the flops saved. Below
+ * that, and for few channels (where the GEMMs are short), the direct path. */
+int df_conv2d_winograd_pays(int B, int C, int H, int W, int OC)
+{
+    return H >= 32 && W >= 32 && C >= 32 && OC >= 32;
+}
+
+int df_conv2d_winograd(float *out, const float *inp, const float *weight, const float *bias, int B,
+                       int C, int H, int W, int OC)
+{
+    wino_job J = {.out = out, .inp = inp, .weight = weight, .bias = bias, .B = B, .C = C,
+                  .H = H, .W = W, .OC = OC, .TH = (H + 1) / 2, .TW = (W + 1) / 2};
+    int rows = B * J.TH;
+    size_t per_row = (size_t)16 * (C + OC) * J.TW * sizeof(float);
+    int rc = (int)(chunk_bytes / per_row);
+    rc = rc < 1 ? 1 : rc > rows ? rows : rc;
+    J.U = malloc(sizeof(float) * 16 * (size_t)OC * C);
+    // V's rows padded to whole strips of 64 tiles, as the packed layout has them
+    J.V = malloc(sizeof(float) * 16 * (size_t)C * (((size_t)rc * J.TW + 63) / 64 * 64));
+    J.M = malloc(sizeof(float) * 16 * (size_t)OC * rc * J.TW);
+    int ok = J.U && J.V && J.M;
+    if (ok) {
+        int nt = df_ops_threads_for(40.0 * OC * C);
+        df_ops_run_parallel(filter_task, &J, nt);
+    }
+    for (int r0 = 0; ok && r0 < rows; r0 += rc) {
+        J.r0 = r0, J.r1 = r0 + rc < rows ? r0 + rc : rows;
+        J.tc = (size_t)(J.r1 - J.r0) * J.TW;
+        J.vsize = (size_t)C * ((J.tc + 63) / 64 * 64);
+        df_ops_run_parallel(input_task, &J, df_ops_threads_for(32.0 * C * J.tc));
+        for (int xi = 0; ok && xi < 16; xi++)
+            ok = df_ops_gemm_packed(OC, (int)J.tc, C, J.U + (size_t)xi * OC * C, (size_t)C,
+                                    J.V + xi * J.vsize, J.M + (size_t)xi * OC * J.tc, J.tc) == 0;
+        if (ok)
+            df_ops_run_parallel(output_task, &J, df_ops_threads_for(24.0 * OC * J.tc));
+    }
+    free(J.U), free(J.V), free(J.M);
+    return ok ? 0 : -1;
+}
