@@ -59,6 +59,15 @@ static void bench_conv(int B, int C, int H, int OC, int K, int stride)
     char name[96];
     snprintf(name, sizeof name, "conv2d B=%d C=%d %dx%d OC=%d K=%d s=%d", B, C, H, H, OC, K, stride);
     TIME(name, flop, df_conv2d_forward(y, x, w, b, B, C, H, H, OC, &g));
+    if (K == 3 && stride == 1) {
+        // both paths of the 3x3 convolution, whichever the automatic choice takes;
+        // GFLOP/s count the direct convolution's flops, so they compare as times
+        df_ops_set_winograd(0);
+        TIME("  im2col GEMM", flop, df_conv2d_forward(y, x, w, b, B, C, H, H, OC, &g));
+        df_ops_set_winograd(1);
+        TIME("  Winograd F(2x2,3x3)", flop, df_conv2d_forward(y, x, w, b, B, C, H, H, OC, &g));
+        df_ops_set_winograd(-1);
+    }
     free(x), free(w), free(b), free(y);
 }
 
@@ -112,6 +121,9 @@ int main(int argc, char **argv)
     openblas_set_num_threads(threads);
     printf("bench-ops: %d threads, simd %d, %d repeats\n", threads, df_ops_simd(), reps);
     bench_conv(2, 320, 64, 320, 3, 1);       // UNet level 1 resnet conv at 512 px
+    bench_conv(2, 320, 96, 320, 3, 1);       // the same at 768 px
+    bench_conv(2, 640, 48, 640, 3, 1);       // UNet level 2 at 768 px
+    bench_conv(2, 1280, 24, 1280, 3, 1);     // UNet level 3 at 768 px
     bench_conv(2, 1280, 8, 1280, 3, 1);      // UNet level 4
     bench_conv(2, 640, 32, 640, 1, 1);       // 1x1 shortcut
     bench_conv(2, 320, 64, 320, 3, 2);       // downsampler
