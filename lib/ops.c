@@ -291,14 +291,14 @@ enum { KB = DF_GEMM_KB, NB = 512, MB = 240 };
 typedef enum { B_ROWS, B_TRANS, B_IM2COL, B_PACKED } bsrc_kind;
 
 /* Where B comes from: B_ROWS: B[k][n] = p[k*ld + n]; B_TRANS: B[k][n] = p[n*ld + k];
- * B_IM2COL: B[(c,kh,kw)][(oh,ow)] = image p (C,H,W) at (oh*s-pad_t+kh, ow*s-pad_l+kw);
+ * B_IM2COL: B[(c,kh,kw)][(b,oh,ow)] = image b of p (B,C,H,W) at (oh*s-pad_t+kh, ow*s-pad_l+kw);
  * B_PACKED: p already in the packed layout (df_ops_gemm_packed_index), ld = N
  * rounded up to whole strips of 64: nothing to pack. */
 typedef struct {
     bsrc_kind kind;
     const float *p;
     size_t ld;
-    int C, H, W, OW;                 // im2col only
+    int C, H, W, OH, OW;             // im2col only: images of (C,H,W), one after another
     const df_conv2d_geom *g;
 } bsrc;
 
@@ -344,11 +344,11 @@ static void pack_im2col_row(float *dst, size_t strip, const bsrc *s, int k, int 
 {
     const df_conv2d_geom *g = s->g;
     int K = g->K, c = k / (K * K), kh = k / K % K, kw = k % K, st = g->stride, W = s->W;
-    const float *img = s->p + (size_t)c * s->H * W;
-    int oh = n0 / s->OW, ow = n0 % s->OW;
+    int OHW = s->OH * s->OW, b = n0 / OHW, oh = n0 % OHW / s->OW, ow = n0 % s->OW;
     for (int j = 0; j < nb;) {
         int run = s->OW - ow < nb - j ? s->OW - ow : nb - j;   // rest of this output row
         int ih = oh * st - g->pad_t + kh;
+        const float *img = s->p + ((size_t)b * s->C + c) * s->H * W;
         const float *src = img + (size_t)ih * W;
         if (ih < 0 || ih >= s->H) {
             put_run(dst, strip, j, NULL, run);
@@ -368,6 +368,8 @@ static void pack_im2col_row(float *dst, size_t strip, const bsrc *s, int k, int 
             }
         }
         j += run, ow = 0, oh++;
+        if (oh == s->OH)
+            oh = 0, b++;
     }
 }
 
@@ -621,6 +623,29 @@ void df_linear_forward(float *out, const float *inp, const float *weight, const 
 
 /* ----------------------------------------------------------------- conv2d */
 
+/* Small images (UNet levels 3-4: 24x24 and 12x12 at 768 px) give GEMMs of
+ * a few hundred columns, too few to share out over threads and strips:
+ * all B images' im2col columns go into one GEMM instead, into (OC, B*OHW),
+ * then out (B, OC, OHW) is gathered from it. Returns -1 without scratch. */
+static int conv_batched(float *out, const float *inp, const float *weight, const float *bias,
+                        int B, int C, int H, int W, int OC, const df_conv2d_geom *g, int OH,
+                        int OW)
+{
+    size_t OHW = (size_t)OH * OW, N = (size_t)B * OHW, CKK = (size_t)C * g->K * g->K;
+    float *t = malloc(sizeof(float) * OC * N);
+    bsrc src = {.kind = B_IM2COL, .p = inp, .C = C, .H = H, .W = W, .OH = OH, .OW = OW, .g = g};
+    if (!t || gemm(OC, (int)N, (int)CKK, weight, CKK, &src, t, N, bias, NULL) != 0) {
+        free(t);
+        return -1;
+    }
+    for (int b = 0; b < B; b++)
+        for (int o = 0; o < OC; o++)
+            memcpy(out + ((size_t)b * OC + o) * OHW, t + (size_t)o * N + (size_t)b * OHW,
+                   sizeof(float) * OHW);
+    free(t);
+    return 0;
+}
+
 void df_conv2d_forward(float *out, const float *inp, const float *weight, const float *bias,
                        int B, int C, int H, int W, int OC, const df_conv2d_geom *g)
 {
@@ -637,13 +662,16 @@ void df_conv2d_forward(float *out, const float *inp, const float *weight, const 
         return;
     size_t OHW = (size_t)OH * OW, CKK = (size_t)C * K * K;
     int plain = K == 1 && g->stride == 1 && !g->pad_t && !g->pad_l && !g->pad_b && !g->pad_r;
+    if (!plain && B > 1 && OHW < 4096 && conv_batched(out, inp, weight, bias, B, C, H, W, OC, g,
+                                                      OH, OW) == 0)
+        return;
     for (int b = 0; b < B; b++) {
         const float *x = inp + (size_t)b * C * H * W;
         float *y = out + (size_t)b * OC * OHW;
         // a 1x1 stride-1 conv is a GEMM on the image itself: no packing
         bsrc src = plain ? (bsrc){.kind = B_ROWS, .p = x, .ld = OHW}
-                         : (bsrc){.kind = B_IM2COL, .p = x, .C = C, .H = H, .W = W, .OW = OW,
-                                  .g = g};
+                         : (bsrc){.kind = B_IM2COL, .p = x, .C = C, .H = H, .W = W, .OH = OH,
+                                  .OW = OW, .g = g};
         if (gemm(OC, (int)OHW, (int)CKK, weight, CKK, &src, y, OHW, bias, NULL) != 0) {
             df_conv2d_forward_ref(out, inp, weight, bias, B, C, H, W, OC, g);
             return;
