@@ -27,6 +27,9 @@ int df_ops_simd(void);
  * (the default: large images, see lib/ops_winograd.c), 0 never (the im2col
  * GEMM), 1 wherever it applies. Setting it is for tests and benchmarks. */
 void df_ops_set_winograd(int mode);
+/* The Winograd convolution keeps its scratch block (up to a few hundred MB)
+ * for the next call; this frees it (a pipeline calls it when a model is done). */
+void df_ops_release_scratch(void);
 
 /* out (N,OC) = inp (N,C) @ weight(OC,C)^T + bias(OC) */
 void df_linear_forward_ref(float *out, const float *inp, const float *weight, const float *bias,

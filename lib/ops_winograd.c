@@ -21,6 +21,7 @@
  * Tested against the reference convolution by tests/unit/test_ops.c (forced
  * on, at odd sizes, AVX-512 and portable paths) and, through the models, by
  * tests/check-fixtures. */
+#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 
@@ -37,6 +38,50 @@ static size_t chunk_bytes = 32 << 20;
 void df_ops_winograd_set_chunk_bytes(size_t n)
 {
     chunk_bytes = n ? n : 32 << 20;
+}
+
+/* The scratch of one call (U, V and M: up to ~250 MB at UNet level 3 of a
+ * 768 px image) is kept for the next: fresh pages from the kernel arrive
+ * zeroed one page fault at a time, which measured up to a third of the
+ * convolution at that size. One block, grown as needed, handed to one call
+ * at a time (a concurrent call gets its own); df_ops_release_scratch()
+ * gives it back. */
+static pthread_mutex_t pool_lock = PTHREAD_MUTEX_INITIALIZER;
+static float *pool;
+static size_t pool_floats;
+
+static float *scratch_get(size_t n, int *pooled)
+{
+    *pooled = 0;
+    if (pthread_mutex_trylock(&pool_lock) != 0)
+        return malloc(sizeof(float) * n);
+    if (pool_floats < n) {
+        free(pool);
+        pool = malloc(sizeof(float) * n);
+        pool_floats = pool ? n : 0;
+    }
+    if (!pool) {
+        pthread_mutex_unlock(&pool_lock);
+        return NULL;
+    }
+    *pooled = 1;
+    return pool;
+}
+
+static void scratch_put(float *p, int pooled)
+{
+    if (pooled)
+        pthread_mutex_unlock(&pool_lock);
+    else
+        free(p);
+}
+
+void df_ops_release_scratch(void)
+{
+    pthread_mutex_lock(&pool_lock);
+    free(pool);
+    pool = NULL, pool_floats = 0;
+    pthread_mutex_unlock(&pool_lock);
 }
 
 typedef struct {
@@ -308,13 +353,14 @@ static void output_task(void *ctx, int tid, int nt)
 
 /* ------------------------------------------------------------------ entry */
 
-/* Measured on SD shapes (tools/bench-ops): from 32x32 images up, the 16
- * GEMMs have enough columns to run near the direct GEMM's speed, and the
- * transforms' extra memory traffic is small next to the flops saved. Below
- * that, and for few channels (where the GEMMs are short), the direct path. */
+/* Measured on SD shapes (2 threads, interleaved runs, tools/bench-ops has
+ * them): 1.9x at 48x48 and 1.5x at 32x32 with 640 channels, 1.1-1.3x at
+ * 24x24 with 1280-2560, but 0.87x at 16x16, where the 16 GEMMs have too few
+ * columns and the filter transform is as large as the product. Few channels
+ * make the GEMMs short: the direct path. */
 int df_conv2d_winograd_pays(int B, int C, int H, int W, int OC)
 {
-    return H >= 32 && W >= 32 && C >= 32 && OC >= 32;
+    return H >= 20 && W >= 20 && C >= 32 && OC >= 32;
 }
 
 int df_conv2d_winograd(float *out, const float *inp, const float *weight, const float *bias, int B,
@@ -326,11 +372,13 @@ int df_conv2d_winograd(float *out, const float *inp, const float *weight, const 
     size_t per_row = (size_t)16 * (C + OC) * J.TW * sizeof(float);
     int rc = (int)(chunk_bytes / per_row);
     rc = rc < 1 ? 1 : rc > rows ? rows : rc;
-    J.U = malloc(sizeof(float) * 16 * (size_t)OC * C);
-    // V's rows padded to whole strips of 64 tiles, as the packed layout has them
-    J.V = malloc(sizeof(float) * 16 * (size_t)C * (((size_t)rc * J.TW + 63) / 64 * 64));
-    J.M = malloc(sizeof(float) * 16 * (size_t)OC * rc * J.TW);
-    int ok = J.U && J.V && J.M;
+    // U, then V (its rows padded to whole strips of 64 tiles, as the packed
+    // layout has them), then M, in one block
+    size_t nu = 16 * (size_t)OC * C, nv = 16 * (size_t)C * (((size_t)rc * J.TW + 63) / 64 * 64);
+    int pooled;
+    float *block = scratch_get(nu + nv + 16 * (size_t)OC * rc * J.TW, &pooled);
+    int ok = block != NULL;
+    J.U = block, J.V = block + nu, J.M = block + nu + nv;
     if (ok) {
         int nt = df_ops_threads_for(40.0 * OC * C);
         df_ops_run_parallel(filter_task, &J, nt);
@@ -346,6 +394,7 @@ int df_conv2d_winograd(float *out, const float *inp, const float *weight, const 
         if (ok)
             df_ops_run_parallel(output_task, &J, df_ops_threads_for(24.0 * OC * J.tc));
     }
-    free(J.U), free(J.V), free(J.M);
+    if (block)
+        scratch_put(block, pooled);
     return ok ? 0 : -1;
 }

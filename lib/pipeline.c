@@ -10,6 +10,7 @@
 
 #include "clip.h"
 #include "jsonl.h"
+#include "ops.h"
 #include "rng.h"
 #include "scheduler.h"
 #include "tokenizer.h"
@@ -407,6 +408,7 @@ static df_status denoise(df_pipeline *p, const df_pipeline_params *pp, const flo
     free(ts);
     free(guided);
     df_scheduler_free(s);
+    df_ops_release_scratch();   // the UNet's convolution scratch, before the VAE's
     if (!p->keep) {
         df_unet_free(p->unet);
         p->unet = NULL;
@@ -458,6 +460,7 @@ static df_status decode(df_pipeline *p, df_pipeline_output *o)
             }
     free(scaled);
     free(img);
+    df_ops_release_scratch();
     if (!p->keep) {
         df_vae_free(p->vae);
         p->vae = NULL;
