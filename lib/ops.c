@@ -655,10 +655,10 @@ void df_conv2d_forward(float *out, const float *inp, const float *weight, const 
     if (B <= 0 || OC <= 0 || OH <= 0 || OW <= 0)
         return;
     // most 3x3 convolutions: Winograd F(2x2, 3x3), 2.25x fewer flops (ops_winograd.c)
-    if (K == 3 && g->stride == 1 && g->pad_t == 1 && g->pad_l == 1 && g->pad_b == 1 &&
-        g->pad_r == 1 &&
-        (winograd_mode == 1 || (winograd_mode < 0 && df_conv2d_winograd_pays(B, C, H, W, OC))) &&
-        df_conv2d_winograd(out, inp, weight, bias, B, C, H, W, OC) == 0)
+    if (K == 3 && g->stride == 1 && g->pad_l == 1 && g->pad_r == 1 && (g->pad_t | g->pad_b) <= 1 &&
+        g->pad_t >= 0 && g->pad_b >= 0 &&
+        (winograd_mode == 1 || (winograd_mode < 0 && df_conv2d_winograd_pays(B, C, OH, OW, OC))) &&
+        df_conv2d_winograd(out, inp, weight, bias, B, C, H, W, OC, g->pad_t, g->pad_b) == 0)
         return;
     size_t OHW = (size_t)OH * OW, CKK = (size_t)C * K * K;
     int plain = K == 1 && g->stride == 1 && !g->pad_t && !g->pad_l && !g->pad_b && !g->pad_r;

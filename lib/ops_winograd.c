@@ -14,8 +14,11 @@
  * transforms and lose digits; we keep the small one).
  *
  * Layout: tiles are numbered over the whole batch, tile row r = b*TH + ty,
- * tile t = r*TW + tx (TH = ceil(H/2), TW = ceil(W/2)); tiles over the bottom
- * or right edge read zeros and write nothing. The tile rows are done in
+ * tile t = r*TW + tx (TH = ceil(OH/2), TW = ceil(W/2)); tiles over the bottom
+ * or right edge read zeros and write nothing. Columns are padded by 1 on
+ * both sides; rows by 0 or 1 at the top and the bottom, so that a band of
+ * rows cut from a larger image (the UNet's upsampler works in bands) takes
+ * the same path: the output has OH = H - 2 + pad_t + pad_b rows. The tile rows are done in
  * chunks so that the transformed inputs V (16, C, tiles) and products
  * M (16, OC, tiles) stay under chunk_bytes whatever the image size.
  * Tested against the reference convolution by tests/unit/test_ops.c (forced
@@ -88,6 +91,7 @@ typedef struct {
     float *out;
     const float *inp, *weight, *bias;
     int B, C, H, W, OC, TH, TW;
+    int pad_t, OH;     // rows of padding on top (0 or 1), output rows
     int r0, r1;        // tile rows of this chunk
     size_t tc;         // tiles in this chunk: (r1 - r0) * TW
     float *U;          // (16, OC, C)
@@ -162,7 +166,7 @@ static void input_row_c(const wino_job *J, const float *img, int ty, int c, int 
         float d[4][4];
         for (int i = 0; i < 4; i++)
             for (int j = 0; j < 4; j++) {
-                int y = 2 * ty - 1 + i, x = 2 * tx - 1 + j;
+                int y = 2 * ty - J->pad_t + i, x = 2 * tx - 1 + j;
                 d[i][j] = y >= 0 && y < J->H && x >= 0 && x < J->W ? img[(size_t)y * J->W + x] : 0.0f;
             }
         input_tile(d, J->V + df_ops_gemm_packed_index(J->C, (int)J->tc, c, t0 + tx), J->vsize);
@@ -216,7 +220,7 @@ __attribute__((target("avx512f"))) static void input_row_avx512(const wino_job *
     for (int tx = 0; tx < J->TW; tx += 16) {
         __m512 d[4][4];
         for (int i = 0; i < 4; i++) {
-            int y = 2 * ty - 1 + i;
+            int y = 2 * ty - J->pad_t + i;
             if (y < 0 || y >= J->H) {
                 for (int j = 0; j < 4; j++)
                     d[i][j] = _mm512_setzero_ps();
@@ -291,7 +295,7 @@ static void output_row_c(const wino_job *J, const float *m, size_t mstride, floa
         }
         for (int i = 0; i < 2; i++)
             for (int j = 0; j < 2; j++)
-                if (2 * ty + i < J->H && 2 * tx + j < J->W)
+                if (2 * ty + i < J->OH && 2 * tx + j < J->W)
                     img[(size_t)(2 * ty + i) * J->W + 2 * tx + j] = y[i][j];
     }
 }
@@ -318,7 +322,7 @@ __attribute__((target("avx512f"))) static void output_row_avx512(const wino_job 
         }
         for (int i = 0; i < 2; i++) {
             int y = 2 * ty + i;
-            if (y >= J->H)
+            if (y >= J->OH)
                 break;
             __m512 y0 = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(s[i][0], s[i][1]), s[i][2]), vb);
             __m512 y1 = _mm512_add_ps(_mm512_sub_ps(_mm512_sub_ps(s[i][1], s[i][2]), s[i][3]), vb);
@@ -341,7 +345,7 @@ static void output_task(void *ctx, int tid, int nt)
     for (size_t oc = lo; oc < hi; oc++)
         for (int r = J->r0; r < J->r1; r++) {
             int b = r / J->TH, ty = r % J->TH;
-            float *img = J->out + ((size_t)b * J->OC + oc) * J->H * J->W;
+            float *img = J->out + ((size_t)b * J->OC + oc) * J->OH * J->W;
             const float *m = J->M + oc * J->tc + (size_t)(r - J->r0) * J->TW;
             float bias = J->bias ? J->bias[oc] : 0.0f;
             if (df_ops_simd())
@@ -364,10 +368,14 @@ int df_conv2d_winograd_pays(int B, int C, int H, int W, int OC)
 }
 
 int df_conv2d_winograd(float *out, const float *inp, const float *weight, const float *bias, int B,
-                       int C, int H, int W, int OC)
+                       int C, int H, int W, int OC, int pad_t, int pad_b)
 {
+    int OH = H - 2 + pad_t + pad_b;
+    if (OH <= 0)
+        return -1;
     wino_job J = {.out = out, .inp = inp, .weight = weight, .bias = bias, .B = B, .C = C,
-                  .H = H, .W = W, .OC = OC, .TH = (H + 1) / 2, .TW = (W + 1) / 2};
+                  .H = H, .W = W, .OC = OC, .TH = (OH + 1) / 2, .TW = (W + 1) / 2,
+                  .pad_t = pad_t, .OH = OH};
     int rows = B * J.TH;
     size_t per_row = (size_t)16 * (C + OC) * J.TW * sizeof(float);
     int rc = (int)(chunk_bytes / per_row);

@@ -101,6 +101,14 @@ static void test_winograd(void)
         test_conv(1, 32, 33, 31, 40, k3, 1);
         test_conv(2, 20, 40, 66, 12, k3, 1);
         test_conv(1, 64, 32, 35, 64, k3, 1);
+        // bands of rows as the upsampler cuts them: no padding at the top
+        // or the bottom (or both), odd and even heights
+        for (int pt = 0; pt <= 1; pt++)
+            for (int pb = 0; pb <= 1; pb++) {
+                df_conv2d_geom band = {3, 1, pt, 1, pb, 1};
+                test_conv(1, 21, 9, 34, 18, band, 1);
+                test_conv(2, 8, 4, 5, 3, band, 0);
+            }
     }
     df_ops_set_winograd(1);
     df_ops_winograd_set_chunk_bytes(64 << 10);   // chunks of 1-3 tile rows
