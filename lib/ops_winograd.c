@@ -95,10 +95,21 @@ typedef struct {
     int r0, r1;        // tile rows of this chunk
     size_t tc;         // tiles in this chunk: (r1 - r0) * TW
     float *U;          // (16, OC, C)
-    float *V;          // (16, C, tc), each in the GEMM's packed layout (vsize floats apart)
-    size_t vsize;
+    float *V;          // (16, C, tc), each in the GEMM's packed layout
+    size_t ustride, vsize, mstride;   // floats from one xi's matrix to the next (see spaced)
     float *M;          // (16, OC, tc)
 } wino_job;
+
+/* The 16 matrices of U, V and M are written (and M read) 16 at a time, one
+ * value to each: were they a multiple of 4 KiB apart, as the SD sizes make
+ * them, all 16 would fall into the same L1 set and evict each other on every
+ * access (measured: the filter transform took two thirds of a 16x16
+ * convolution). n floats rounded up to 4 KiB, plus one cache line, so that
+ * matrix xi starts xi lines further into the sets. */
+static size_t spaced(size_t n)
+{
+    return (n + 1023) / 1024 * 1024 + 16;
+}
 
 /* Share [lo, hi) of n items for thread tid of nt. */
 static void share(size_t n, int tid, int nt, size_t *lo, size_t *hi)
@@ -132,7 +143,7 @@ static void filter_task(void *ctx, int tid, int nt)
             u[i][3] = t[i][2];
         }
         for (int xi = 0; xi < 16; xi++)
-            J->U[(size_t)xi * n + f] = u[xi / 4][xi % 4];
+            J->U[(size_t)xi * J->ustride + f] = u[xi / 4][xi % 4];
     }
 }
 
@@ -340,7 +351,7 @@ __attribute__((target("avx512f"))) static void output_row_avx512(const wino_job 
 static void output_task(void *ctx, int tid, int nt)
 {
     wino_job *J = ctx;
-    size_t lo, hi, mstride = (size_t)J->OC * J->tc;
+    size_t lo, hi, mstride = J->mstride;
     share((size_t)J->OC, tid, nt, &lo, &hi);
     for (size_t oc = lo; oc < hi; oc++)
         for (int r = J->r0; r < J->r1; r++) {
@@ -357,14 +368,15 @@ static void output_task(void *ctx, int tid, int nt)
 
 /* ------------------------------------------------------------------ entry */
 
-/* Measured on SD shapes (2 threads, interleaved runs, tools/bench-ops has
- * them): 1.9x at 48x48 and 1.5x at 32x32 with 640 channels, 1.1-1.3x at
- * 24x24 with 1280-2560, but 0.87x at 16x16, where the 16 GEMMs have too few
- * columns and the filter transform is as large as the product. Few channels
- * make the GEMMs short: the direct path. */
+/* Measured against the im2col path on SD shapes (2 threads, interleaved
+ * runs; tools/bench-ops has them): 1.5x at 96x96 (320 channels), 1.9x at
+ * 48x48 (640), 1.8x at 24x24 and 1.2-1.3x at 16x16 (1280-2560), but 0.8x at
+ * 12x12 and 0.5x at 8x8, where the 16 GEMMs have a few dozen columns each
+ * and the filter transform is as large as the product. Few channels make
+ * the GEMMs short: the direct path. */
 int df_conv2d_winograd_pays(int B, int C, int H, int W, int OC)
 {
-    return H >= 20 && W >= 20 && C >= 32 && OC >= 32;
+    return H >= 16 && W >= 16 && C >= 32 && OC >= 32;
 }
 
 int df_conv2d_winograd(float *out, const float *inp, const float *weight, const float *bias, int B,
@@ -382,11 +394,13 @@ int df_conv2d_winograd(float *out, const float *inp, const float *weight, const 
     rc = rc < 1 ? 1 : rc > rows ? rows : rc;
     // U, then V (its rows padded to whole strips of 64 tiles, as the packed
     // layout has them), then M, in one block
-    size_t nu = 16 * (size_t)OC * C, nv = 16 * (size_t)C * (((size_t)rc * J.TW + 63) / 64 * 64);
+    J.ustride = spaced((size_t)OC * C);
+    size_t vmax = spaced((size_t)C * (((size_t)rc * J.TW + 63) / 64 * 64));
+    size_t mmax = spaced((size_t)OC * rc * J.TW);
     int pooled;
-    float *block = scratch_get(nu + nv + 16 * (size_t)OC * rc * J.TW, &pooled);
+    float *block = scratch_get(16 * (J.ustride + vmax + mmax), &pooled);
     int ok = block != NULL;
-    J.U = block, J.V = block + nu, J.M = block + nu + nv;
+    J.U = block, J.V = block + 16 * J.ustride, J.M = J.V + 16 * vmax;
     if (ok) {
         int nt = df_ops_threads_for(40.0 * OC * C);
         df_ops_run_parallel(filter_task, &J, nt);
@@ -394,11 +408,12 @@ int df_conv2d_winograd(float *out, const float *inp, const float *weight, const 
     for (int r0 = 0; ok && r0 < rows; r0 += rc) {
         J.r0 = r0, J.r1 = r0 + rc < rows ? r0 + rc : rows;
         J.tc = (size_t)(J.r1 - J.r0) * J.TW;
-        J.vsize = (size_t)C * ((J.tc + 63) / 64 * 64);
+        J.vsize = spaced((size_t)C * ((J.tc + 63) / 64 * 64));
+        J.mstride = spaced((size_t)OC * J.tc);
         df_ops_run_parallel(input_task, &J, df_ops_threads_for(32.0 * C * J.tc));
         for (int xi = 0; ok && xi < 16; xi++)
-            ok = df_ops_gemm_packed(OC, (int)J.tc, C, J.U + (size_t)xi * OC * C, (size_t)C,
-                                    J.V + xi * J.vsize, J.M + (size_t)xi * OC * J.tc, J.tc) == 0;
+            ok = df_ops_gemm_packed(OC, (int)J.tc, C, J.U + xi * J.ustride, (size_t)C,
+                                    J.V + xi * J.vsize, J.M + xi * J.mstride, J.tc) == 0;
         if (ok)
             df_ops_run_parallel(output_task, &J, df_ops_threads_for(24.0 * OC * J.tc));
     }
