@@ -44,8 +44,9 @@ int df_ops_gemm_packed(int M, int N, int K, const float *A, size_t lda, const fl
  * whether the automatic choice takes it for this size, and the convolution
  * itself (0, or -1 when scratch memory could not be had). */
 int df_conv2d_winograd_pays(int B, int C, int H, int W, int OC);
-/* Scratch bytes per chunk of tile rows (0: the default); for tests. */
-void df_ops_winograd_set_chunk_bytes(size_t n);
+/* Scratch bytes per chunk of tile rows and the fewest tiles a chunk may
+ * have (0: the defaults); for tests. */
+void df_ops_winograd_set_chunks(size_t bytes, int min_tiles);
 int df_conv2d_winograd(float *out, const float *inp, const float *weight, const float *bias, int B,
                        int C, int H, int W, int OC, int pad_t, int pad_b);
 

@@ -32,15 +32,17 @@
 
 #include "ops_internal.h"
 
-/* Bytes of V and M together per chunk: 32 MB keeps each under glibc's
- * largest mmap threshold, so after the first convolution they come from the
- * heap, not fresh zeroed pages (page faults measured ~10% of the op with
- * 64 MB buffers). Tests set it small to exercise the chunking. */
+/* Bytes of V and M together per chunk (at least 1024 tiles, see
+ * df_conv2d_winograd): they stream through memory once either way, so
+ * chunks only bound the scratch. Tests set it small to exercise the
+ * chunking. */
 static size_t chunk_bytes = 32 << 20;
+static int chunk_min_tiles = 1024;
 
-void df_ops_winograd_set_chunk_bytes(size_t n)
+void df_ops_winograd_set_chunks(size_t bytes, int min_tiles)
 {
-    chunk_bytes = n ? n : 32 << 20;
+    chunk_bytes = bytes ? bytes : 32 << 20;
+    chunk_min_tiles = min_tiles > 0 ? min_tiles : 1024;
 }
 
 /* The scratch of one call (U, V and M: up to ~250 MB at UNet level 3 of a
@@ -390,7 +392,11 @@ int df_conv2d_winograd(float *out, const float *inp, const float *weight, const 
                   .pad_t = pad_t, .OH = OH};
     int rows = B * J.TH;
     size_t per_row = (size_t)16 * (C + OC) * J.TW * sizeof(float);
-    int rc = (int)(chunk_bytes / per_row);
+    // at least ~1024 tiles a chunk, whatever the bytes: the 16 GEMMs of a
+    // chunk have one column per tile, and a few hundred run far below speed
+    // (C=2560 at 24x24 made chunks of 132 tiles: 150 against 240 GFLOP/s)
+    int rc = (int)(chunk_bytes / per_row), least = (chunk_min_tiles + J.TW - 1) / J.TW;
+    rc = rc < least ? least : rc;
     rc = rc < 1 ? 1 : rc > rows ? rows : rc;
     // U, then V (its rows padded to whole strips of 64 tiles, as the packed
     // layout has them), then M, in one block

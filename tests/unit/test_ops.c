@@ -111,9 +111,9 @@ static void test_winograd(void)
             }
     }
     df_ops_set_winograd(1);
-    df_ops_winograd_set_chunk_bytes(64 << 10);   // chunks of 1-3 tile rows
+    df_ops_winograd_set_chunks(64 << 10, 1);   // chunks of 1-3 tile rows
     test_conv(2, 24, 21, 37, 16, k3, 1);
-    df_ops_winograd_set_chunk_bytes(0);
+    df_ops_winograd_set_chunks(0, 0);
     df_ops_set_winograd(-1);
     test_conv(2, 32, 32, 32, 32, k3, 1);   // the automatic choice
 }
