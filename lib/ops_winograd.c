@@ -124,26 +124,69 @@ static void share(size_t n, int tid, int nt, size_t *lo, size_t *hi)
 
 /* U[xi] (OC, C) = (G g G^T)[xi] for every filter g (3x3) of weight (OC, C, 3, 3),
  * G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1]. */
+/* One filter g (3x3) into u. */
+static void filter_one(const float *g, float u[4][4])
+{
+    float t[4][3];
+    for (int j = 0; j < 3; j++) {   // G g: down each column of g
+        t[0][j] = g[j];
+        t[1][j] = 0.5f * (g[j] + g[3 + j] + g[6 + j]);
+        t[2][j] = 0.5f * (g[j] - g[3 + j] + g[6 + j]);
+        t[3][j] = g[6 + j];
+    }
+    for (int i = 0; i < 4; i++) {   // (G g) G^T: along each row
+        u[i][0] = t[i][0];
+        u[i][1] = 0.5f * (t[i][0] + t[i][1] + t[i][2]);
+        u[i][2] = 0.5f * (t[i][0] - t[i][1] + t[i][2]);
+        u[i][3] = t[i][2];
+    }
+}
+
+/* The same for filters f..f+n (n <= 16) at once, lane l holding filter f+l:
+ * their 9 taps are gathered 9 floats apart, and each u[i][k] is a run of
+ * consecutive filters in U[xi], one store. Same operations in the same
+ * order as filter_one, so the same bits. Scalar, the transform took as long
+ * as the 16 GEMMs at 16x16 images (it grows with OC x C, not the image). */
+__attribute__((target("avx512f"))) static void filter_16(const wino_job *J, size_t f, int n)
+{
+    const __m512i idx = _mm512_set_epi32(135, 126, 117, 108, 99, 90, 81, 72, 63, 54, 45, 36, 27,
+                                         18, 9, 0);
+    const __m512 half = _mm512_set1_ps(0.5f);
+    __mmask16 m = (__mmask16)((1u << n) - 1);
+    const float *g = J->weight + f * 9;
+    __m512 gv[9], t[4][3];
+    for (int j = 0; j < 9; j++)
+        gv[j] = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, idx, g + j, 4);
+    for (int j = 0; j < 3; j++) {
+        t[0][j] = gv[j];
+        t[1][j] = _mm512_mul_ps(half, _mm512_add_ps(_mm512_add_ps(gv[j], gv[3 + j]), gv[6 + j]));
+        t[2][j] = _mm512_mul_ps(half, _mm512_add_ps(_mm512_sub_ps(gv[j], gv[3 + j]), gv[6 + j]));
+        t[3][j] = gv[6 + j];
+    }
+    for (int i = 0; i < 4; i++) {
+        __m512 u1 = _mm512_mul_ps(half, _mm512_add_ps(_mm512_add_ps(t[i][0], t[i][1]), t[i][2]));
+        __m512 u2 = _mm512_mul_ps(half, _mm512_add_ps(_mm512_sub_ps(t[i][0], t[i][1]), t[i][2]));
+        float *row = J->U + (size_t)(i * 4) * J->ustride + f;
+        _mm512_mask_storeu_ps(row, m, t[i][0]);
+        _mm512_mask_storeu_ps(row + J->ustride, m, u1);
+        _mm512_mask_storeu_ps(row + 2 * J->ustride, m, u2);
+        _mm512_mask_storeu_ps(row + 3 * J->ustride, m, t[i][2]);
+    }
+}
+
 static void filter_task(void *ctx, int tid, int nt)
 {
     wino_job *J = ctx;
     size_t n = (size_t)J->OC * J->C, lo, hi;
     share(n, tid, nt, &lo, &hi);
+    if (df_ops_simd()) {
+        for (size_t f = lo; f < hi; f += 16)
+            filter_16(J, f, hi - f < 16 ? (int)(hi - f) : 16);
+        return;
+    }
     for (size_t f = lo; f < hi; f++) {
-        const float *g = J->weight + f * 9;
-        float t[4][3], u[4][4];
-        for (int j = 0; j < 3; j++) {   // G g: down each column of g
-            t[0][j] = g[j];
-            t[1][j] = 0.5f * (g[j] + g[3 + j] + g[6 + j]);
-            t[2][j] = 0.5f * (g[j] - g[3 + j] + g[6 + j]);
-            t[3][j] = g[6 + j];
-        }
-        for (int i = 0; i < 4; i++) {   // (G g) G^T: along each row
-            u[i][0] = t[i][0];
-            u[i][1] = 0.5f * (t[i][0] + t[i][1] + t[i][2]);
-            u[i][2] = 0.5f * (t[i][0] - t[i][1] + t[i][2]);
-            u[i][3] = t[i][2];
-        }
+        float u[4][4];
+        filter_one(J->weight + f * 9, u);
         for (int xi = 0; xi < 16; xi++)
             J->U[(size_t)xi * J->ustride + f] = u[xi / 4][xi % 4];
     }
@@ -372,13 +415,12 @@ static void output_task(void *ctx, int tid, int nt)
 
 /* Measured against the im2col path on SD shapes (2 threads, interleaved
  * runs; tools/bench-ops has them): 1.5x at 96x96 (320 channels), 1.9x at
- * 48x48 (640), 1.8x at 24x24 and 1.2-1.3x at 16x16 (1280-2560), but 0.8x at
- * 12x12 and 0.5x at 8x8, where the 16 GEMMs have a few dozen columns each
- * and the filter transform is as large as the product. Few channels make
- * the GEMMs short: the direct path. */
+ * 48x48 (640), 1.9x at 24x24, 1.8x at 16x16 and 1.3x at 12x12 (1280-2560),
+ * but 0.9x at 8x8, where the 16 GEMMs have a few dozen columns each. Few
+ * channels make the GEMMs short: the direct path. */
 int df_conv2d_winograd_pays(int B, int C, int H, int W, int OC)
 {
-    return H >= 16 && W >= 16 && C >= 32 && OC >= 32;
+    return H >= 12 && W >= 12 && C >= 32 && OC >= 32;
 }
 
 int df_conv2d_winograd(float *out, const float *inp, const float *weight, const float *bias, int B,
