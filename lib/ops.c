@@ -130,7 +130,7 @@ int df_ops_threads_for(double work)
 }
 
 /* Share [lo,hi) of n items for thread tid of nt, in multiples of `align`. */
-static void split_range(int n, int align, int tid, int nt, int *lo, int *hi)
+void df_ops_split_range(int n, int align, int tid, int nt, int *lo, int *hi)
 {
     int units = (n + align - 1) / align;
     int per = units / nt, extra = units % nt;
@@ -404,8 +404,7 @@ typedef struct {
     bsrc b;
     float *C;
     size_t ldc;
-    int init;          // 1: C starts as row_init[m] + col_init[n] (NULL: 0), not as is
-    const float *row_init, *col_init;
+    const float *row_init, *col_init;   // C starts as row_init[m] + col_init[n] (NULL: 0)
     // work items: P column panels of cw columns (cw a multiple of 64, the
     // last panel narrower) times R row chunks of rc rows, panel-major;
     // threads take the next item from `next` (see gemm_task)
@@ -421,12 +420,12 @@ static void gemm_panel(const gemm_job *j, const float *bpack, int m0, int m1, in
 {
     // C starting at zero needs no fill: the first k-block stores its
     // products instead of adding them
-    int zero = j->init && !j->row_init && !j->col_init && j->K > 0;
+    int zero = !j->row_init && !j->col_init && j->K > 0;
     for (int m = m0; m < m1; m += MB) {
         int mb = m1 - m < MB ? m1 - m : MB;
         // the initial C block (bias), set here by the thread that owns it,
         // so the fill is threaded and leaves the block in cache
-        for (int i = 0; j->init && !zero && i < mb; i++) {
+        for (int i = 0; !zero && i < mb; i++) {
             float *c = j->C + (size_t)(m + i) * j->ldc + n;
             float r = j->row_init ? j->row_init[m + i] : 0.0f;
             copy_add(c, j->col_init ? j->col_init + n : NULL, r, nb);
@@ -562,16 +561,9 @@ static int gemm(int M, int N, int K, const float *A, size_t lda, const bsrc *b, 
     balance_items(M, N, nt, &cw, &rc);
     P = (N + cw - 1) / cw;
     R = (M + rc - 1) / rc;
-    gemm_job j = {M, N, K, A, lda, *b, C, ldc, 1, row_init, col_init, cw, P, rc, R, 0, 0};
+    gemm_job j = {M, N, K, A, lda, *b, C, ldc, row_init, col_init, cw, P, rc, R, 0, 0};
     run_parallel(gemm_task, &j, nt < P * R ? nt : P * R);
     return j.failed ? -1 : 0;
-}
-
-int df_ops_gemm(int M, int N, int K, const float *A, size_t lda, const float *B, size_t ldb,
-                float *C, size_t ldc)
-{
-    bsrc b = {.kind = B_ROWS, .p = B, .ld = ldb};
-    return gemm(M, N, K, A, lda, &b, C, ldc, NULL, NULL);
 }
 
 int df_ops_gemm_packed(int M, int N, int K, const float *A, size_t lda, const float *Bp, float *C,
@@ -654,10 +646,12 @@ void df_conv2d_forward(float *out, const float *inp, const float *weight, const 
     df_conv2d_out_size(g, H, W, &OH, &OW);
     if (B <= 0 || OC <= 0 || OH <= 0 || OW <= 0)
         return;
-    // most 3x3 convolutions: Winograd F(2x2, 3x3), 2.25x fewer flops (ops_winograd.c)
-    if (K == 3 && g->stride == 1 && g->pad_l == 1 && g->pad_r == 1 && (g->pad_t | g->pad_b) <= 1 &&
-        g->pad_t >= 0 && g->pad_b >= 0 &&
-        (winograd_mode == 1 || (winograd_mode < 0 && df_conv2d_winograd_pays(B, C, OH, OW, OC))) &&
+    // most 3x3 convolutions: Winograd F(2x2, 3x3), 2.25x fewer flops (ops_winograd.c);
+    // top and bottom padding may be 0 for the upsampler's bands of rows
+    int wino_fits = K == 3 && g->stride == 1 && g->pad_l == 1 && g->pad_r == 1 &&
+                    (unsigned)g->pad_t <= 1 && (unsigned)g->pad_b <= 1;
+    if (wino_fits &&
+        (winograd_mode == 1 || (winograd_mode < 0 && df_conv2d_winograd_pays(C, OH, OW, OC))) &&
         df_conv2d_winograd(out, inp, weight, bias, B, C, H, W, OC, g->pad_t, g->pad_b) == 0)
         return;
     size_t OHW = (size_t)OH * OW, CKK = (size_t)C * K * K;
@@ -923,7 +917,7 @@ static void groupnorm_task(void *ctx, int tid, int nt)
 {
     norm_job *J = ctx;
     int CG = J->C / J->G, lo, hi;
-    split_range(J->B * J->G, 1, tid, nt, &lo, &hi);
+    df_ops_split_range(J->B * J->G, 1, tid, nt, &lo, &hi);
     for (int bg = lo; bg < hi; bg++) {
         int g = bg % J->G;
         size_t off = (size_t)bg * CG * J->HW;   // (b, g) groups are contiguous in (B,C,HW)
@@ -953,7 +947,7 @@ static void layernorm_task(void *ctx, int tid, int nt)
 {
     norm_job *J = ctx;
     int lo, hi;
-    split_range(J->N, 1, tid, nt, &lo, &hi);
+    df_ops_split_range(J->N, 1, tid, nt, &lo, &hi);
     for (int n = lo; n < hi; n++) {
         const float *x = J->inp + (size_t)n * J->C;
         float *y = J->out + (size_t)n * J->C;
@@ -976,7 +970,7 @@ static void softmax_task(void *ctx, int tid, int nt)
 {
     norm_job *J = ctx;
     int lo, hi;
-    split_range(J->N, 1, tid, nt, &lo, &hi);
+    df_ops_split_range(J->N, 1, tid, nt, &lo, &hi);
     for (int n = lo; n < hi; n++) {
         const float *x = J->inp + (size_t)n * J->C;
         float *y = J->out + (size_t)n * J->C;
@@ -1195,7 +1189,7 @@ static void tr_task(void *ctx, int tid, int nt)
 {
     tr_job *J = ctx;
     int lo, hi;
-    split_range(J->R, 32, tid, nt, &lo, &hi);
+    df_ops_split_range(J->R, 32, tid, nt, &lo, &hi);
     for (int b = 0; b < J->B; b++) {
         const float *x = J->inp + (size_t)b * J->R * J->S;
         float *y = J->out + (size_t)b * J->R * J->S;

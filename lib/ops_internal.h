@@ -15,12 +15,11 @@ void df_ops_run_parallel(df_task_fn fn, void *ctx, int nt);
 /* Threads worth starting for `work` units (roughly flops or values touched). */
 int df_ops_threads_for(double work);
 
-/* C (M,N) = A (M,K) @ B (K,N), all row-major with the given leading
- * dimensions, threaded; returns 0, or -1 when scratch memory could not be had. */
-int df_ops_gemm(int M, int N, int K, const float *A, size_t lda, const float *B, size_t ldb,
-                float *C, size_t ldc);
+/* Share [lo,hi) of n items for thread tid of nt, in multiples of `align`. */
+void df_ops_split_range(int n, int align, int tid, int nt, int *lo, int *hi);
 
-/* The same with B handed over already in the layout the GEMM packs B into,
+/* C (M,N) = A (M,K) @ B (K,N), threaded, A and C row-major with the given
+ * leading dimensions and B handed over already in the layout the GEMM packs B into,
  * so that a producer (the Winograd input transform) writes it there
  * directly and nothing is copied: B's element (k, n) lives at
  * Bp[df_ops_gemm_packed_index(K, N, k, n)], an array of
@@ -43,7 +42,7 @@ int df_ops_gemm_packed(int M, int N, int K, const float *A, size_t lda, const fl
  * right and by pad_t, pad_b (0 or 1) top and bottom (lib/ops_winograd.c):
  * whether the automatic choice takes it for this size, and the convolution
  * itself (0, or -1 when scratch memory could not be had). */
-int df_conv2d_winograd_pays(int B, int C, int H, int W, int OC);
+int df_conv2d_winograd_pays(int C, int H, int W, int OC);
 /* Scratch bytes per chunk of tile rows and the fewest tiles a chunk may
  * have (0: the defaults); for tests. */
 void df_ops_winograd_set_chunks(size_t bytes, int min_tiles);

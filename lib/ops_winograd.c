@@ -113,18 +113,9 @@ static size_t spaced(size_t n)
     return (n + 1023) / 1024 * 1024 + 16;
 }
 
-/* Share [lo, hi) of n items for thread tid of nt. */
-static void share(size_t n, int tid, int nt, size_t *lo, size_t *hi)
-{
-    *lo = n * (size_t)tid / (size_t)nt;
-    *hi = n * (size_t)(tid + 1) / (size_t)nt;
-}
-
 /* --------------------------------------------------------------- filters */
 
-/* U[xi] (OC, C) = (G g G^T)[xi] for every filter g (3x3) of weight (OC, C, 3, 3),
- * G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1]. */
-/* One filter g (3x3) into u. */
+/* One filter g (3x3) into u = G g G^T, G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1]. */
 static void filter_one(const float *g, float u[4][4])
 {
     float t[4][3];
@@ -174,17 +165,18 @@ __attribute__((target("avx512f"))) static void filter_16(const wino_job *J, size
     }
 }
 
+/* U[xi] (OC, C) = (G g G^T)[xi] for every filter g of weight (OC, C, 3, 3). */
 static void filter_task(void *ctx, int tid, int nt)
 {
     wino_job *J = ctx;
-    size_t n = (size_t)J->OC * J->C, lo, hi;
-    share(n, tid, nt, &lo, &hi);
+    int lo, hi;
+    df_ops_split_range(J->OC * J->C, 1, tid, nt, &lo, &hi);
     if (df_ops_simd()) {
-        for (size_t f = lo; f < hi; f += 16)
-            filter_16(J, f, hi - f < 16 ? (int)(hi - f) : 16);
+        for (int f = lo; f < hi; f += 16)
+            filter_16(J, (size_t)f, hi - f < 16 ? hi - f : 16);
         return;
     }
-    for (size_t f = lo; f < hi; f++) {
+    for (size_t f = (size_t)lo; f < (size_t)hi; f++) {
         float u[4][4];
         filter_one(J->weight + f * 9, u);
         for (int xi = 0; xi < 16; xi++)
@@ -317,16 +309,16 @@ __attribute__((target("avx512f"))) static void input_row_avx512(const wino_job *
 static void input_task(void *ctx, int tid, int nt)
 {
     wino_job *J = ctx;
-    size_t lo, hi;
-    share((size_t)J->C, tid, nt, &lo, &hi);
-    for (size_t c = lo; c < hi; c++)
+    int lo, hi;
+    df_ops_split_range(J->C, 1, tid, nt, &lo, &hi);
+    for (int c = lo; c < hi; c++)
         for (int r = J->r0; r < J->r1; r++) {
             int b = r / J->TH, ty = r % J->TH, t0 = (r - J->r0) * J->TW;
             const float *img = J->inp + ((size_t)b * J->C + c) * J->H * J->W;
             if (df_ops_simd())
-                input_row_avx512(J, img, ty, (int)c, t0);
+                input_row_avx512(J, img, ty, c, t0);
             else
-                input_row_c(J, img, ty, (int)c, t0);
+                input_row_c(J, img, ty, c, t0);
         }
 }
 
@@ -396,9 +388,10 @@ __attribute__((target("avx512f"))) static void output_row_avx512(const wino_job 
 static void output_task(void *ctx, int tid, int nt)
 {
     wino_job *J = ctx;
-    size_t lo, hi, mstride = J->mstride;
-    share((size_t)J->OC, tid, nt, &lo, &hi);
-    for (size_t oc = lo; oc < hi; oc++)
+    size_t mstride = J->mstride;
+    int lo, hi;
+    df_ops_split_range(J->OC, 1, tid, nt, &lo, &hi);
+    for (int oc = lo; oc < hi; oc++)
         for (int r = J->r0; r < J->r1; r++) {
             int b = r / J->TH, ty = r % J->TH;
             float *img = J->out + ((size_t)b * J->OC + oc) * J->OH * J->W;
@@ -418,7 +411,7 @@ static void output_task(void *ctx, int tid, int nt)
  * 48x48 (640), 1.9x at 24x24, 1.8x at 16x16 and 1.3x at 12x12 (1280-2560),
  * but 0.9x at 8x8, where the 16 GEMMs have a few dozen columns each. Few
  * channels make the GEMMs short: the direct path. */
-int df_conv2d_winograd_pays(int B, int C, int H, int W, int OC)
+int df_conv2d_winograd_pays(int C, int H, int W, int OC)
 {
     return H >= 12 && W >= 12 && C >= 32 && OC >= 32;
 }
@@ -438,8 +431,7 @@ int df_conv2d_winograd(float *out, const float *inp, const float *weight, const 
     // chunk have one column per tile, and a few hundred run far below speed
     // (C=2560 at 24x24 made chunks of 132 tiles: 150 against 240 GFLOP/s)
     int rc = (int)(chunk_bytes / per_row), least = (chunk_min_tiles + J.TW - 1) / J.TW;
-    rc = rc < least ? least : rc;
-    rc = rc < 1 ? 1 : rc > rows ? rows : rc;
+    rc = rc < least ? least : rc > rows ? rows : rc;
     // U, then V (its rows padded to whole strips of 64 tiles, as the packed
     // layout has them), then M, in one block
     J.ustride = spaced((size_t)OC * C);
