@@ -23,8 +23,9 @@ int df_ops_threads(void);
  * CPU has them), 0 portable C. Setting it is for tests and benchmarks. */
 void df_ops_set_simd(int level);
 int df_ops_simd(void);
-/* 3x3 stride-1 pad-1 convolutions by Winograd F(2x2, 3x3): -1 where it pays
- * (the default: large images, see lib/ops_winograd.c), 0 never (the im2col
+/* 3x3 stride-1 convolutions (padded 1 left and right, 0 or 1 top and bottom)
+ * by Winograd F(2x2, 3x3): -1 where it pays (the default: images from 12x12
+ * up with 32 channels or more, see lib/ops_winograd.c), 0 never (the im2col
  * GEMM), 1 wherever it applies. Setting it is for tests and benchmarks. */
 void df_ops_set_winograd(int mode);
 /* The Winograd convolution keeps its scratch block (up to a few hundred MB)
