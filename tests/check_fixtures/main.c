@@ -97,8 +97,8 @@ int main(int argc, char **argv)
     // --winograd on|off: force the 3x3 convolutions' Winograd path on or off
     // (the default lets ops choose by size, which on tiny fixture models is
     // mostly off), so that the fixtures judge both paths
-    if (argc >= 3 && !strcmp(argv[1], "--winograd")) {
-        if (strcmp(argv[2], "on") && strcmp(argv[2], "off")) {
+    if (argc >= 2 && !strcmp(argv[1], "--winograd")) {
+        if (argc < 3 || (strcmp(argv[2], "on") && strcmp(argv[2], "off"))) {
             fprintf(stderr, "check-fixtures: --winograd takes on or off\n");
             return 2;
         }
