@@ -41,7 +41,8 @@
 static int n_threads;
 /* -1: not probed yet; 0: portable C kernels; 1: AVX-512. */
 static int simd_level = -1;
-/* -1: Winograd for 3x3 convolutions where it pays; 0: never; 1: wherever it applies. */
+/* -1: Winograd for 3x3 convolutions where it pays, with the tile size that
+ * pays best; 0: never; 2 or 4: F(2x2, 3x3) or F(4x4, 3x3) wherever it applies. */
 static int winograd_mode = -1;
 
 void df_ops_set_threads(int n)
@@ -64,7 +65,7 @@ void df_ops_set_simd(int level)
 
 void df_ops_set_winograd(int mode)
 {
-    winograd_mode = mode < 0 ? -1 : mode > 0;
+    winograd_mode = mode < 0 ? -1 : mode == 0 ? 0 : mode == 4 ? 4 : 2;
 }
 
 int df_ops_simd(void)
@@ -646,13 +647,14 @@ void df_conv2d_forward(float *out, const float *inp, const float *weight, const 
     df_conv2d_out_size(g, H, W, &OH, &OW);
     if (B <= 0 || OC <= 0 || OH <= 0 || OW <= 0)
         return;
-    // most 3x3 convolutions: Winograd F(2x2, 3x3), 2.25x fewer flops (ops_winograd.c);
-    // top and bottom padding may be 0 for the upsampler's bands of rows
+    // most 3x3 convolutions: Winograd, 2.25x (F(2x2, 3x3)) or 4x (F(4x4, 3x3))
+    // fewer flops (ops_winograd.c); top and bottom padding may be 0 for the
+    // upsampler's bands of rows
     int wino_fits = K == 3 && g->stride == 1 && g->pad_l == 1 && g->pad_r == 1 &&
                     (unsigned)g->pad_t <= 1 && (unsigned)g->pad_b <= 1;
-    if (wino_fits &&
-        (winograd_mode == 1 || (winograd_mode < 0 && df_conv2d_winograd_pays(C, OH, OW, OC))) &&
-        df_conv2d_winograd(out, inp, weight, bias, B, C, H, W, OC, g->pad_t, g->pad_b) == 0)
+    int tile = winograd_mode < 0 ? df_conv2d_winograd_pays(C, OH, OW, OC) : winograd_mode;
+    if (wino_fits && tile &&
+        df_conv2d_winograd(out, inp, weight, bias, B, C, H, W, OC, g->pad_t, g->pad_b, tile) == 0)
         return;
     size_t OHW = (size_t)OH * OW, CKK = (size_t)C * K * K;
     int plain = K == 1 && g->stride == 1 && !g->pad_t && !g->pad_l && !g->pad_b && !g->pad_r;

@@ -24,9 +24,11 @@ int df_ops_threads(void);
 void df_ops_set_simd(int level);
 int df_ops_simd(void);
 /* 3x3 stride-1 convolutions (padded 1 left and right, 0 or 1 top and bottom)
- * by Winograd F(2x2, 3x3): -1 where it pays (the default: images from 12x12
- * up with 32 channels or more, see lib/ops_winograd.c), 0 never (the im2col
- * GEMM), 1 wherever it applies. Setting it is for tests and benchmarks. */
+ * by Winograd's minimal filtering: -1 where it pays (the default: F(4x4, 3x3)
+ * for outputs from 40x40 up, F(2x2, 3x3) from 12x12 up, both with 32
+ * channels or more, see lib/ops_winograd.c), 0 never (the im2col GEMM),
+ * 2 or 4: F(2x2, 3x3) or F(4x4, 3x3) wherever it applies (1 is taken as 2).
+ * Setting it is for tests and benchmarks. */
 void df_ops_set_winograd(int mode);
 /* The Winograd convolution keeps its scratch block (up to a few hundred MB)
  * for the next call; this frees it (a pipeline calls it when a model is done). */

@@ -38,15 +38,16 @@ static inline size_t df_ops_gemm_packed_index(int K, int N, int k, int n)
 int df_ops_gemm_packed(int M, int N, int K, const float *A, size_t lda, const float *Bp, float *C,
                        size_t ldc);
 
-/* Winograd F(2x2, 3x3) for a 3x3, stride 1 convolution padded by 1 left and
- * right and by pad_t, pad_b (0 or 1) top and bottom (lib/ops_winograd.c):
- * whether the automatic choice takes it for this size, and the convolution
- * itself (0, or -1 when scratch memory could not be had). */
-int df_conv2d_winograd_pays(int C, int H, int W, int OC);
+/* Winograd F(m x m, 3x3), m = 2 or 4, for a 3x3, stride 1 convolution padded
+ * by 1 left and right and by pad_t, pad_b (0 or 1) top and bottom
+ * (lib/ops_winograd.c): the m the automatic choice takes for this output
+ * size (0: the direct path), and the convolution itself (0, or -1 when
+ * scratch memory could not be had). */
+int df_conv2d_winograd_pays(int C, int OH, int OW, int OC);
 /* Scratch bytes per chunk of tile rows and the fewest tiles a chunk may
  * have (0: the defaults); for tests. */
 void df_ops_winograd_set_chunks(size_t bytes, int min_tiles);
 int df_conv2d_winograd(float *out, const float *inp, const float *weight, const float *bias, int B,
-                       int C, int H, int W, int OC, int pad_t, int pad_b);
+                       int C, int H, int W, int OC, int pad_t, int pad_b, int m);
 
 #endif

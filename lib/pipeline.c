@@ -380,6 +380,8 @@ static df_status denoise(df_pipeline *p, const df_pipeline_params *pp, const flo
     int count = df_scheduler_count(s);
     for (int i = 0; st == DF_OK && i < count; i++) {
         float t = df_scheduler_timestep(s, i);
+        if (hooks && hooks->before_step)
+            hooks->before_step(hooks->ctx, i, count, latents);
         st = df_scheduler_scale_model_input(s, i, latents, x, n);
         if (st != DF_OK)
             break;

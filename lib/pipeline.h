@@ -84,6 +84,10 @@ typedef struct {
     void (*on_step)(void *ctx, int i, int n, float t, const float *unet_out,
                     const float *latents);
     void (*on_stage)(void *ctx, const char *stage);   /* "text encoder", "unet", "vae" */
+    /* before step i of n, with the latents (batch, C, h, w) it will start
+     * from, which it may overwrite: a checker feeds each step the reference's
+     * latents this way, to judge the UNet apart from the drift of the run. */
+    void (*before_step)(void *ctx, int i, int n, float *latents);
 } df_pipeline_hooks;
 
 typedef struct {

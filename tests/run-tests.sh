@@ -34,9 +34,10 @@ done
 if [ -x "$DF_CHECKFX" ] && [ -d "$DF_FIXTURES" ]; then
     run_one "check-fixtures" "$DF_CHECKFX" "$DF_FIXTURES"
     [[ "check-fixtures" =~ $filter ]] && grep -E '^(PASS|FAIL|SKIP) ' "$logdir/check-fixtures.log" | awk '{print $1}' | sort | uniq -c | sed 's/^/    fixture references: /'
-    # the same references with every 3x3 convolution on the Winograd path,
+    # the same references with every 3x3 convolution on each Winograd path,
     # which the automatic choice takes only for large images
     run_one "check-fixtures-winograd" "$DF_CHECKFX" --winograd on "$DF_FIXTURES"
+    run_one "check-fixtures-winograd4" "$DF_CHECKFX" --winograd 4x4 "$DF_FIXTURES"
 fi
 rm -rf "$logdir"
 [ ${#failures[@]} -gt 0 ] && echo "failed: ${failures[*]}"

@@ -60,12 +60,14 @@ static void bench_conv(int B, int C, int H, int OC, int K, int stride)
     snprintf(name, sizeof name, "conv2d B=%d C=%d %dx%d OC=%d K=%d s=%d", B, C, H, H, OC, K, stride);
     TIME(name, flop, df_conv2d_forward(y, x, w, b, B, C, H, H, OC, &g));
     if (K == 3 && stride == 1) {
-        // both paths of the 3x3 convolution, whichever the automatic choice takes;
+        // every path of the 3x3 convolution, whichever the automatic choice takes;
         // GFLOP/s count the direct convolution's flops, so they compare as times
         df_ops_set_winograd(0);
         TIME("  im2col GEMM", flop, df_conv2d_forward(y, x, w, b, B, C, H, H, OC, &g));
-        df_ops_set_winograd(1);
+        df_ops_set_winograd(2);
         TIME("  Winograd F(2x2,3x3)", flop, df_conv2d_forward(y, x, w, b, B, C, H, H, OC, &g));
+        df_ops_set_winograd(4);
+        TIME("  Winograd F(4x4,3x3)", flop, df_conv2d_forward(y, x, w, b, B, C, H, H, OC, &g));
         df_ops_set_winograd(-1);
     }
     free(x), free(w), free(b), free(y);

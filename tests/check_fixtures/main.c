@@ -94,23 +94,27 @@ static int dispatch(const cf_ctx *c)
 int main(int argc, char **argv)
 {
     df_log_init("check-fixtures");
-    // --winograd on|off: force the 3x3 convolutions' Winograd path on or off
-    // (the default lets ops choose by size, which on tiny fixture models is
-    // mostly off), so that the fixtures judge both paths
+    // --winograd on|4x4|off: force the 3x3 convolutions onto Winograd
+    // F(2x2, 3x3), F(4x4, 3x3) or the direct path (the default lets ops
+    // choose by size, which on tiny fixture models is mostly direct), so
+    // that the fixtures judge every path
     if (argc >= 2 && !strcmp(argv[1], "--winograd")) {
-        if (argc < 3 || (strcmp(argv[2], "on") && strcmp(argv[2], "off"))) {
-            fprintf(stderr, "check-fixtures: --winograd takes on or off\n");
+        const char *v = argc >= 3 ? argv[2] : "";
+        int mode = !strcmp(v, "on") ? 2 : !strcmp(v, "4x4") ? 4 : !strcmp(v, "off") ? 0 : -1;
+        if (mode < 0) {
+            fprintf(stderr, "check-fixtures: --winograd takes on, 4x4 or off\n");
             return 2;
         }
-        df_ops_set_winograd(!strcmp(argv[2], "on"));
+        df_ops_set_winograd(mode);
         argc -= 2, argv += 2;
     }
     if (argc < 2 || argc > 3 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help")) {
         fprintf(argc < 2 ? stderr : stdout,
-                "usage: check-fixtures [--winograd on|off] DIR [FILTER]\n"
+                "usage: check-fixtures [--winograd on|4x4|off] DIR [FILTER]\n"
                 "Checks every reference in DIR/refs/MANIFEST.json against this implementation;\n"
                 "FILTER (a substring) restricts to matching reference files.\n"
-                "--winograd forces the Winograd path of 3x3 convolutions on or off.\n");
+                "--winograd puts every 3x3 convolution on Winograd F(2x2, 3x3) (on),\n"
+                "F(4x4, 3x3) (4x4) or the direct path (off).\n");
         return argc < 2 ? 2 : 0;
     }
     const char *filter = argc == 3 ? argv[2] : NULL;

@@ -85,16 +85,19 @@ static void test_conv(int B, int C, int H, int W, int OC, df_conv2d_geom g, int 
     free(x), free(w), free(b), free(y1), free(y2);
 }
 
-/* 3x3 convolutions on the Winograd path forced on (odd and even sizes, tile
- * rows cut by the image edges, more than 16 tiles to a row so that the
- * AVX-512 transforms take full and partial groups), then forced off, so that
- * both paths stay checked whatever the automatic choice takes. */
+/* 3x3 convolutions on the Winograd path forced on with each tile size (odd
+ * and even sizes, tile rows cut by the image edges, more than 16 tiles to a
+ * row so that the AVX-512 transforms take full and partial groups), then
+ * forced off, so that every path stays checked whatever the automatic
+ * choice takes. */
 static void test_winograd(void)
 {
     df_conv2d_geom k3 = {3, 1, 1, 1, 1, 1};
-    for (int mode = 1; mode >= 0; mode--) {
+    const int modes[] = {2, 4, 0};
+    for (int mi = 0; mi < 3; mi++) {
+        int mode = modes[mi];
         df_ops_set_winograd(mode);
-        printf("-- winograd %s\n", mode ? "forced" : "off");
+        printf("-- winograd %s\n", mode == 2 ? "F(2x2, 3x3)" : mode == 4 ? "F(4x4, 3x3)" : "off");
         test_conv(1, 1, 1, 1, 1, k3, 1);
         test_conv(1, 3, 2, 3, 4, k3, 0);
         test_conv(2, 13, 9, 11, 10, k3, 1);
@@ -110,10 +113,13 @@ static void test_winograd(void)
                 test_conv(2, 8, 4, 5, 3, band, 0);
             }
     }
-    df_ops_set_winograd(1);
-    df_ops_winograd_set_chunks(64 << 10, 1);   // chunks of 1-3 tile rows
-    test_conv(2, 24, 21, 37, 16, k3, 1);
-    df_ops_winograd_set_chunks(0, 0);
+    for (int mode = 2; mode <= 4; mode += 2) {
+        df_ops_set_winograd(mode);
+        df_ops_winograd_set_chunks(64 << 10, 1);   // chunks of 1-3 tile rows
+        test_conv(2, 24, 21, 37, 16, k3, 1);
+        test_conv(1, 16, 70, 67, 24, k3, 1);
+        df_ops_winograd_set_chunks(0, 0);
+    }
     df_ops_set_winograd(-1);
     test_conv(2, 32, 32, 32, 32, k3, 1);   // the automatic choice
 }
