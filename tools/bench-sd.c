@@ -19,6 +19,7 @@
 #include <time.h>
 
 #include "clip.h"
+#include "memory.h"
 #include "ops.h"
 #include "unet.h"
 #include "vae.h"
@@ -49,6 +50,7 @@ static int fail(const char *what)
 
 int main(int argc, char **argv)
 {
+    df_memory_keep_freed();
     if (argc < 5) {
         fprintf(stderr, "usage: bench-sd MODEL_DIR te|unet|vae PIXELS THREADS [REPS]\n");
         return 2;

@@ -23,6 +23,7 @@
 #include "jsonl.h"
 #include "log.h"
 #include "lora.h"
+#include "memory.h"
 #include "ops.h"
 #include "pipeline.h"
 #include "safetensors.h"
@@ -538,6 +539,7 @@ static void run_one(run_state *rs, json_t *rec)
 int main(int argc, char **argv)
 {
     df_log_init(argv[0]);
+    df_memory_keep_freed();
     /* With fd 1 closed, the next open() (a weight file, a PNG) would get it
      * and records would be written into that file. */
     if (fcntl(1, F_GETFD) < 0) {
