@@ -19,7 +19,8 @@
  * is cut into panels of columns of C (and chunks of rows when there are few
  * panels) that threads take in turn from a shared counter; each packs its
  * own blocks. Attention is flash-style: per (batch, head, block of queries) it
- * walks the keys in blocks, with an online softmax, on the same micro-kernel.
+ * walks the keys in blocks, with an online softmax, on the same micro-kernel
+ * (with AVX-512, on transposed score tiles: keys by queries).
  * Threads are plain pthreads started per call (a few tens of microseconds,
  * small next to the ops that use them), so nothing spins between ops.
  * If a scratch allocation fails an op falls back to its reference. */
@@ -240,6 +241,16 @@ ukernel_tile(const int MR, const int NV, __mmask16 last, int kb, const float *A,
         }                                                                                   \
         break;
 
+#define TILE_CASE_T(MR)                                                                     \
+    case MR:                                                                                \
+        switch (nv) {                                                                       \
+        case 1: ukernel_tile(MR, 1, last, kb, A, 1, aks, B, ldb, C, ldc, add, ri, ci); break;           \
+        case 2: ukernel_tile(MR, 2, last, kb, A, 1, aks, B, ldb, C, ldc, add, ri, ci); break;           \
+        case 3: ukernel_tile(MR, 3, last, kb, A, 1, aks, B, ldb, C, ldc, add, ri, ci); break;           \
+        default: ukernel_tile(MR, 4, last, kb, A, 1, aks, B, ldb, C, ldc, add, ri, ci); break;          \
+        }                                                                                   \
+        break;
+
 __attribute__((target("avx512f"))) static void
 ukernel_avx512(int mr, int w, int kb, const float *A, size_t ars, size_t aks, const float *B,
                size_t ldb, float *C, size_t ldc, int add, const float *ri, const float *ci)
@@ -253,6 +264,16 @@ ukernel_avx512(int mr, int w, int kb, const float *A, size_t ars, size_t aks, co
             TILE_CASE1(1) TILE_CASE1(2) TILE_CASE1(3) TILE_CASE1(4) TILE_CASE1(5)
         default:
             TILE_CASE1(6)
+        }
+        return;
+    }
+    // A transposed (attention's P^T, V^T: ars == 1): the same, for its
+    // six broadcasts from one contiguous run per k
+    if (ars == 1) {
+        switch (mr) {
+            TILE_CASE_T(1) TILE_CASE_T(2) TILE_CASE_T(3) TILE_CASE_T(4) TILE_CASE_T(5)
+        default:
+            TILE_CASE_T(6)
         }
         return;
     }
@@ -826,11 +847,12 @@ static float row_max(const float *x, int n)
 
 /* -------------------------------------------------------------- attention */
 
-/* Query rows and keys per attention tile. Every block of AQ queries streams
- * all of its head's K^T and V (2.4 MB each at 768 px level 0, more than L2
- * holds), so larger query blocks halve that traffic: 192 measured ~15-20%
- * faster than 96 on SD shapes (score tile 96 KiB, output tile 48 KiB at
- * HS 64). */
+/* The portable path (df_ops_simd() == 0; AVX-512 takes the transposed one
+ * below), on row-major score tiles. Query rows and keys per attention tile.
+ * Every block of AQ queries streams all of its head's K^T and V (2.4 MB each
+ * at 768 px level 0, more than L2 holds), so larger query blocks halve that
+ * traffic: 192 measured ~15-20% faster than 96 on SD shapes (score tile
+ * 96 KiB, output tile 48 KiB at HS 64). */
 enum { AQ = 192, AK = 128 };
 
 typedef struct {
@@ -840,6 +862,7 @@ typedef struct {
     float scale;
     int next;      // the next work item (see attn_task)
     int failed;
+    int qs;        // blocks of TQ queries per work item (transposed path)
 } attn_job;
 
 /* Per-thread scratch: K^T of one head in key tiles (see attn_task), the score tile (AQ, AK), the
@@ -942,15 +965,285 @@ done:
     free(w.kt), free(w.s), free(w.o), free(w.m), free(w.l);
 }
 
+/* ------------------------------------------ attention, transposed (AVX-512) */
+
+/* The AVX-512 path works on transposed score tiles. Per (batch, head, block
+ * of TQ queries) and block of TK keys:
+ *   S^T (nk, TQ) = K (nk, HS) @ Q^T (HS, TQ)   Q^T packed per block, times
+ *                                              the scale (exact for SD's 1/8)
+ *   P^T = 2^(S^T log2(e) - m)                  online softmax, see below
+ *   O (TQ, HS) += P (TQ, nk) @ V (nk, HS)      P read from P^T in place
+ * A row of S^T is one key's scores against 16 queries per zmm, so the block
+ * max, the rescaling, the exponentials and the row sums are all vertical,
+ * with no horizontal reductions; and the 16 KiB tiles (Q^T, S^T, O at HS 64)
+ * stay in L1 instead of a 96 KiB score tile making its passes through L2.
+ * Both products run on the 6 x 64 micro-kernel. K and V of a head are
+ * packed contiguously once per head and thread (rows NH*HS floats apart in
+ * place make strided streams for the prefetcher).
+ * Where a head's K and V outgrow half of L2 (Tk 9216: 4.7 MB), every block
+ * of queries streams them from L3; so a work item is then QS blocks of TQ
+ * queries that take each key block in turn while it is in cache, a third of
+ * the traffic: measured ~15% faster on 2 threads at Tk 9216, and ~5% slower
+ * for Tk 77, hence only there. TQ 64 x TK 64 measured as fast as 96 or 128
+ * queries and 32 to 128 keys, and keeps the tiles in L1. */
+enum { TQ = 64, TK = 64, QS = 3 };
+
+/* Per-thread scratch: K and V of one head (Tk, HS) each; per block of an
+ * item Q^T (HS, TQ), the output accumulators O (TQ, HS), the running max
+ * (log2 units) and sum per query; the score tile S^T (TK, TQ), and a rescale
+ * factor per query. */
+typedef struct { float *kp, *vp, *qt, *st, *o, *m, *l, *corr; } attn_t_scratch;
+
+/* 2^x for 16 floats: x = n + f, n = round(x), |f| <= 1/2; 2^f by a degree-6
+ * polynomial (a minimax fit for relative error on [-1/2, 1/2] made for this
+ * code: 1.9e-9 in exact arithmetic, under 8e-8 evaluated in float, i.e.
+ * float rounding), then scalef multiplies by 2^n. x <= -126, and -inf
+ * (masked keys), give exactly 0, so no denormal reaches the products. */
+__attribute__((target("avx512f"))) static inline __m512 exp2_16(__m512 x)
+{
+    __mmask16 live = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-126.0f), _CMP_GT_OQ);
+    __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 f = _mm512_sub_ps(x, n);
+    __m512 p = _mm512_set1_ps(1.534581243e-04f);
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.339993090e-03f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.618489072e-03f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.550328642e-02f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.402264625e-01f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.931471825e-01f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+    return _mm512_maskz_scalef_ps(live, p, n);
+}
+
+/* One key block of the online softmax, 16 queries per vector: st (nk, TQ)
+ * holds the scaled scores S^T; m (running max times log2(e)) and l (running
+ * sum) are per query. st becomes P^T = 2^(s log2(e) - m) with m now covering
+ * this block, and corr[r] the factor query r's earlier sum and output take
+ * (exactly 1 where its max did not move, 0 on the first block). Working in
+ * base 2 with the same rounded m for every term keeps softmax's invariance
+ * to the shift exact. Returns whether any corr[r] is not 1. */
+__attribute__((target("avx512f"))) static int softmax_block_t(float *st, int nk, float *m,
+                                                              float *l, float *corr)
+{
+    const __m512 log2e = _mm512_set1_ps(1.44269504088896341f);
+    __mmask16 moved = 0;
+    for (int v = 0; v < TQ; v += 16) {
+        __m512 bmax = _mm512_set1_ps(-INFINITY);
+        for (int j = 0; j < nk; j++)
+            bmax = _mm512_max_ps(bmax, _mm512_load_ps(st + (size_t)j * TQ + v));
+        __m512 mold = _mm512_load_ps(m + v);
+        __m512 mnew = _mm512_max_ps(mold, _mm512_mul_ps(bmax, log2e));
+        moved |= _mm512_cmp_ps_mask(mnew, mold, _CMP_GT_OQ);
+        __m512 sum = _mm512_setzero_ps();
+        for (int j = 0; j < nk; j++) {
+            float *s = st + (size_t)j * TQ + v;
+            __m512 p = exp2_16(_mm512_fmsub_ps(_mm512_load_ps(s), log2e, mnew));
+            _mm512_store_ps(s, p);
+            sum = _mm512_add_ps(sum, p);
+        }
+        __m512 c = exp2_16(_mm512_sub_ps(mold, mnew));
+        _mm512_store_ps(l + v, _mm512_fmadd_ps(_mm512_load_ps(l + v), c, sum));
+        _mm512_store_ps(m + v, mnew);
+        _mm512_store_ps(corr + v, c);
+    }
+    return moved != 0;
+}
+
+/* Causal: query i0+r sees keys up to i0+r, so in st (nk, TQ) of keys j0..
+ * key j0+j is hidden (-inf, weight 0) from queries r < j0+j-i0. */
+static void mask_causal_t(float *st, int nk, int i0, int j0)
+{
+    for (int j = 0; j < nk; j++) {
+        int hide = j0 + j - i0;
+        for (int r = 0; r < (hide < TQ ? hide : TQ); r++)
+            st[(size_t)j * TQ + r] = -INFINITY;
+    }
+}
+
+/* C (M,N) += A (M,K) @ B (K,N) with A stored transposed: A's (i,k) is
+ * At[k*lda + i] (P read from P^T); 64-column strips, 6 rows at a time. */
+static void gemm_block_at(int M, int N, int K, const float *At, size_t lda, const float *B,
+                          size_t ldb, float *C, size_t ldc)
+{
+    for (int j = 0; j < N; j += 64) {
+        int w = N - j < 64 ? N - j : 64;
+        for (int i = 0; i < M; i += 6) {
+            int mr = M - i < 6 ? M - i : 6;
+            ukernel(mr, w, K, At + i, 1, lda, B + j, ldb, C + i * ldc + j, ldc, 1, NULL, NULL);
+        }
+    }
+}
+
+/* Q^T for one block: qt (HS, TQ) = scale * q (nq, HS) transposed, q's rows
+ * ldq apart; query lanes past nq get zeros (finite scores nobody reads).
+ * By 16 x 16 blocks in registers, four rounds of 16 shuffles: done one float
+ * at a time, the transpose cost a quarter of a cross-attention block (Tk 77). */
+__attribute__((target("avx512f"))) static void pack_qt(float *qt, const float *q, size_t ldq,
+                                                       int nq, int HS, float scale)
+{
+    const __m512 s = _mm512_set1_ps(scale);
+    for (int r0 = 0; r0 < TQ; r0 += 16)
+        for (int d0 = 0; d0 < HS; d0 += 16) {
+            int nd = HS - d0 < 16 ? HS - d0 : 16;
+            __mmask16 dm = (__mmask16)((1u << nd) - 1);
+            __m512 x[16], a[16], b[16], c[16];
+            for (int i = 0; i < 16; i++) {
+                const float *row = q + (size_t)(r0 + i) * ldq + d0;
+                x[i] = r0 + i < nq ? _mm512_mul_ps(s, _mm512_maskz_loadu_ps(dm, row))
+                                   : _mm512_setzero_ps();
+            }
+            // per 128-bit lane L, writing e(i) for x[i]'s element 4L+e:
+            // a[2g] = r2g.0 r2g+1.0 r2g.1 r2g+1.1, a[2g+1] the same for .2 .3
+            for (int g = 0; g < 8; g++) {
+                a[2 * g] = _mm512_unpacklo_ps(x[2 * g], x[2 * g + 1]);
+                a[2 * g + 1] = _mm512_unpackhi_ps(x[2 * g], x[2 * g + 1]);
+            }
+            // b[4q+k], lane L: column 4L+k of rows 4q..4q+3
+            for (int qd = 0; qd < 4; qd++)
+                for (int k = 0; k < 2; k++) {
+                    __m512d lo = _mm512_castps_pd(a[4 * qd + k]);
+                    __m512d hi = _mm512_castps_pd(a[4 * qd + 2 + k]);
+                    b[4 * qd + 2 * k] = _mm512_castpd_ps(_mm512_unpacklo_pd(lo, hi));
+                    b[4 * qd + 2 * k + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(lo, hi));
+                }
+            // c[k], c[4+k]: lanes 0-1 (c[k]) or 2-3 (c[4+k]) of rows 0-7 for
+            // columns 4L+k; c[8+k], c[12+k]: the same for rows 8-15
+            for (int k = 0; k < 4; k++) {
+                c[k] = _mm512_shuffle_f32x4(b[k], b[4 + k], 0x44);
+                c[4 + k] = _mm512_shuffle_f32x4(b[k], b[4 + k], 0xEE);
+                c[8 + k] = _mm512_shuffle_f32x4(b[8 + k], b[12 + k], 0x44);
+                c[12 + k] = _mm512_shuffle_f32x4(b[8 + k], b[12 + k], 0xEE);
+            }
+            // column 4L+k, all 16 rows: lanes L of b[k], b[4+k], b[8+k], b[12+k]
+            for (int k = 0; k < 4; k++)
+                for (int L = 0; L < 4; L++) {
+                    __m512 lo = c[(L / 2) * 4 + k], hi = c[8 + (L / 2) * 4 + k];
+                    __m512 col = L % 2 ? _mm512_shuffle_f32x4(lo, hi, 0xDD)
+                                       : _mm512_shuffle_f32x4(lo, hi, 0x88);
+                    if (4 * L + k < nd)
+                        _mm512_store_ps(qt + (size_t)(d0 + 4 * L + k) * TQ + r0, col);
+                }
+        }
+}
+
+/* o (nq, HS) rows times a per-row factor f[r] (the rescaling of the
+ * accumulators, or 1/l at the end), into y, rows ldy apart (y may be o). */
+__attribute__((target("avx512f"))) static void scale_rows(float *y, size_t ldy, const float *o,
+                                                          const float *f, int nq, int HS)
+{
+    for (int r = 0; r < nq; r++) {
+        __m512 fr = _mm512_set1_ps(f[r]);
+        for (int d = 0; d < HS; d += 16) {
+            __mmask16 k = HS - d >= 16 ? 0xFFFF : (__mmask16)((1u << (HS - d)) - 1);
+            __m512 x = _mm512_maskz_loadu_ps(k, o + (size_t)r * HS + d);
+            _mm512_mask_storeu_ps(y + (size_t)r * ldy + d, k, _mm512_mul_ps(x, fr));
+        }
+    }
+}
+
+/* Fold keys j0..j0+nk into sub-tile s of the block: its nq queries from i0. */
+static void attn_t_tile(const attn_job *J, attn_t_scratch *w, int s, int i0, int nq, int j0,
+                        int nk)
+{
+    int HS = J->HS;
+    float *qt = w->qt + (size_t)s * HS * TQ, *o = w->o + (size_t)s * TQ * HS;
+    float *m = w->m + (size_t)s * TQ, *l = w->l + (size_t)s * TQ;
+    // st (nk, TQ) = k (nk, HS) @ qt (HS, TQ)
+    gemm_block(nk, TQ, HS, w->kp + (size_t)j0 * HS, HS, qt, TQ, w->st, TQ, 0);
+    if (J->causal && j0 + nk - 1 > i0)
+        mask_causal_t(w->st, nk, i0, j0);
+    if (softmax_block_t(w->st, nk, m, l, w->corr) && j0 > 0)
+        scale_rows(o, (size_t)HS, o, w->corr, nq, HS);
+    // o (nq, HS) += p (nq, nk) @ v (nk, HS)
+    gemm_block_at(nq, HS, nk, w->st, TQ, w->vp + (size_t)j0 * HS, HS, o, HS);
+}
+
+/* Queries i0..i0+nq (nq <= qs*TQ) of head (b,h) against all the keys they
+ * see: per key block, each sub-tile of TQ queries in turn, so that the key
+ * block is fetched once for all of them. */
+static void attn_t_rows(const attn_job *J, attn_t_scratch *w, int b, int h, int i0, int nq)
+{
+    int C = J->NH * J->HS, HS = J->HS, nsub = (nq + TQ - 1) / TQ;
+    for (int s = 0; s < nsub; s++) {
+        int is = i0 + s * TQ, ns = nq - s * TQ < TQ ? nq - s * TQ : TQ;
+        pack_qt(w->qt + (size_t)s * HS * TQ, J->q + ((size_t)b * J->Tq + is) * C + (size_t)h * HS,
+                (size_t)C, ns, HS, J->scale);
+    }
+    for (int r = 0; r < nsub * TQ; r++)
+        w->m[r] = -INFINITY, w->l[r] = 0.0f;
+    memset(w->o, 0, sizeof(float) * nsub * TQ * HS);
+    // causal: a sub-tile's last query sees keys up to is+ns-1; key 0 is
+    // always seen, so after the first block every running max is finite
+    int kend = J->causal ? (i0 + nq < J->Tk ? i0 + nq : J->Tk) : J->Tk;
+    for (int j0 = 0; j0 < kend; j0 += TK)
+        for (int s = 0; s < nsub; s++) {
+            int is = i0 + s * TQ, ns = nq - s * TQ < TQ ? nq - s * TQ : TQ;
+            int ke = J->causal ? (is + ns < J->Tk ? is + ns : J->Tk) : J->Tk;
+            if (j0 < ke)
+                attn_t_tile(J, w, s, is, ns, j0, ke - j0 < TK ? ke - j0 : TK);
+        }
+    // out rows = o rows / l
+    for (int s = 0; s < nsub; s++) {
+        int is = i0 + s * TQ, ns = nq - s * TQ < TQ ? nq - s * TQ : TQ;
+        for (int r = 0; r < ns; r++)
+            w->corr[r] = 1.0f / w->l[s * TQ + r];
+        scale_rows(J->out + ((size_t)b * J->Tq + is) * C + (size_t)h * HS, (size_t)C,
+                   w->o + (size_t)s * TQ * HS, w->corr, ns, HS);
+    }
+}
+
+/* 64-byte aligned floats (whole vectors of the tiles load aligned). */
+static float *alloc_floats(size_t n)
+{
+    return aligned_alloc(64, (n * sizeof(float) + 63) / 64 * 64);
+}
+
+static void attn_t_task(void *ctx, int tid, int nt)
+{
+    attn_job *J = ctx;
+    int C = J->NH * J->HS, HS = J->HS, QB = J->qs * TQ, nqb = (J->Tq + QB - 1) / QB;
+    int items = J->B * J->NH * nqb;
+    attn_t_scratch w = {alloc_floats((size_t)J->Tk * HS), alloc_floats((size_t)J->Tk * HS),
+                        alloc_floats((size_t)HS * QB),   alloc_floats((size_t)TK * TQ),
+                        alloc_floats((size_t)QB * HS),   alloc_floats(QB),
+                        alloc_floats(QB),                alloc_floats(TQ)};
+    if (!w.kp || !w.vp || !w.qt || !w.st || !w.o || !w.m || !w.l || !w.corr) {
+        __atomic_store_n(&J->failed, 1, __ATOMIC_RELAXED);
+        goto done;
+    }
+    // items (head, block of queries) from a shared counter, as attn_task;
+    // a thread repacks K and V only when it moves to another head
+    int cur_bh = -1;
+    for (;;) {
+        int it = __atomic_fetch_add(&J->next, 1, __ATOMIC_RELAXED);
+        if (it >= items)
+            break;
+        int bh = it / nqb, qb = it % nqb, b = bh / J->NH, h = bh % J->NH;
+        if (bh != cur_bh) {
+            size_t at = (size_t)b * J->Tk * C + (size_t)h * HS;
+            for (int j = 0; j < J->Tk; j++) {
+                memcpy(w.kp + (size_t)j * HS, J->k + at + (size_t)j * C, sizeof(float) * HS);
+                memcpy(w.vp + (size_t)j * HS, J->v + at + (size_t)j * C, sizeof(float) * HS);
+            }
+            cur_bh = bh;
+        }
+        int i0 = qb * QB;
+        attn_t_rows(J, &w, b, h, i0, J->Tq - i0 < QB ? J->Tq - i0 : QB);
+    }
+done:
+    free(w.kp), free(w.vp), free(w.qt), free(w.st), free(w.o), free(w.m), free(w.l), free(w.corr);
+}
+
 void df_attention_forward(float *out, const float *q, const float *k, const float *v,
                           int B, int Tq, int Tk, int NH, int HS, float scale, int causal)
 {
     if (B <= 0 || Tq <= 0 || Tk <= 0 || NH <= 0 || HS <= 0)
         return;
-    attn_job J = {out, q, k, v, B, Tq, Tk, NH, HS, causal, scale, 0, 0};
+    // K and V of a head beyond half of L2 (2 MiB a core here): blocks of QS x TQ queries
+    int big = 2.0 * Tk * HS * sizeof(float) > 1 << 20, simd = df_ops_simd();
+    attn_job J = {out, q, k, v, B, Tq, Tk, NH, HS, causal, scale, 0, 0, big ? QS : 1};
     int nt = threads_for(4.0 * B * NH * Tq * Tk * HS / 8);
-    int items = B * NH * ((Tq + AQ - 1) / AQ);
-    run_parallel(attn_task, &J, nt < items ? nt : items);
+    int qb = simd ? J.qs * TQ : AQ, items = B * NH * ((Tq + qb - 1) / qb);
+    run_parallel(simd ? attn_t_task : attn_task, &J, nt < items ? nt : items);
     if (J.failed)
         df_attention_forward_ref(out, q, k, v, B, Tq, Tk, NH, HS, scale, causal);
 }

@@ -376,6 +376,18 @@ static void run_all(void)
     test_attention(2, 300, 77, 2, 64, 0);
     test_attention(1, 200, 200, 1, 64, 1);
     test_attention(1, 100, 150, 1, 512, 0);   // the VAE mid-block's one wide head
+    // the AVX-512 path's blocks: 64 queries x 64 keys, partial ones on both
+    // sides (65, 129, 77 = 64 + 13), head sizes 64 and not (8, 40), causal
+    // or not; K and V past 1 MiB per head (Tk 2100 at HS 64, 3300 at 40)
+    // make work items of 3 query blocks, 200 = 3 x 64 + 8 queries
+    test_attention(1, 65, 65, 2, 8, 1);
+    test_attention(1, 129, 129, 2, 64, 1);
+    test_attention(1, 77, 77, 3, 64, 1);      // CLIP's causal self-attention
+    test_attention(2, 129, 77, 3, 64, 0);     // cross-attention over 77 text tokens
+    test_attention(1, 150, 77, 2, 40, 0);
+    test_attention(1, 200, 2100, 1, 64, 0);
+    test_attention(1, 200, 2100, 1, 64, 1);
+    test_attention(1, 130, 3300, 1, 40, 0);
     test_helpers(1, 1, 1);
     test_helpers(1, 3, 5);
     test_helpers(2, 37, 9001);
@@ -385,10 +397,10 @@ int main(void)
 {
     test_ref_values();
     // each setting: AVX-512 kernels (where the CPU has them) and portable C;
-    // 2 and 3 threads, so uneven shares get exercised
+    // 1, 2 and 3 threads, so uneven shares get exercised
     int simd = df_ops_simd();
-    int settings[][2] = {{1, 2}, {1, 3}, {0, 2}};
-    for (int s = 0; s < 3; s++) {
+    int settings[][2] = {{1, 1}, {1, 2}, {1, 3}, {0, 2}};
+    for (int s = 0; s < 4; s++) {
         if (settings[s][0] && !simd)
             continue;
         df_ops_set_simd(settings[s][0]);
