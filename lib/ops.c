@@ -1001,7 +1001,8 @@ typedef struct { float *kp, *vp, *qt, *st, *o, *m, *l, *corr; } attn_t_scratch;
  * (masked keys), give exactly 0, so no denormal reaches the products. */
 __attribute__((target("avx512f"))) static inline __m512 exp2_16(__m512 x)
 {
-    __mmask16 live = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-126.0f), _CMP_GT_OQ);
+    // not (x <= -126): NaN stays live and comes out NaN, as the reference has it
+    __mmask16 live = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-126.0f), _CMP_NLE_UQ);
     __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m512 f = _mm512_sub_ps(x, n);
     __m512 p = _mm512_set1_ps(1.534581243e-04f);

@@ -220,6 +220,23 @@ static void test_attention(int B, int Tq, int Tk, int NH, int HS, int causal)
     free(q), free(k), free(v), free(y1), free(y2);
 }
 
+/* A NaN in one key makes every query's output NaN, as in the reference
+ * (softmax over a NaN score): the fast exp must not turn it into a weight
+ * of 0 the way it does for scores far below the max. */
+static void test_attention_nan(int HS)
+{
+    int T = 80;
+    float *q = rand_buf((size_t)T * HS, 2), *k = rand_buf((size_t)T * HS, 2);
+    float *v = rand_buf((size_t)T * HS, 1), *y = malloc(sizeof(float) * T * HS);
+    k[5 * HS + 3] = NAN;
+    df_attention_forward(y, q, k, v, 1, T, T, 1, HS, 0.125f, 0);
+    int nan_rows = 0;
+    for (int t = 0; t < T; t++)
+        nan_rows += isnan(y[(size_t)t * HS]) != 0;
+    CHECK_MSG(nan_rows == T, "attention HS=%d: %d of %d rows NaN after a NaN key", HS, nan_rows, T);
+    free(q), free(k), free(v), free(y);
+}
+
 /* References against values worked out by hand. */
 static void test_ref_values(void)
 {
@@ -360,6 +377,8 @@ static void run_all(void)
     test_softmax(33, 1000);
 
     test_attention(1, 1, 1, 1, 1, 0);
+    test_attention_nan(64);
+    test_attention_nan(40);
     test_attention(1, 5, 5, 1, 8, 1);
     test_attention(2, 77, 77, 4, 16, 1);
     test_attention(2, 37, 77, 3, 20, 0);      // cross-attention, Tq != Tk
