@@ -448,6 +448,12 @@ __attribute__((target("avx512f"))) static void pack_trans_avx512(float *dst, con
         int nj = nb - j < 16 ? nb - j : 16;
         float *d = dst + (size_t)(j / 64) * strip + j % 64;
         const float *src = s->p + (size_t)(n0 + j) * s->ld + k0;
+        // the next 16 rows' pieces, ahead: the weights come from memory
+        // (each is read once a step), and a few hundred bytes of each of
+        // 16 rows are too short a run for the hardware to prefetch
+        for (int i = 0; i < 16 && j + 16 + i < nb; i++)
+            for (int k = 0; k < kb; k += 16)
+                _mm_prefetch((const char *)(src + (size_t)(16 + i) * s->ld + k), _MM_HINT_T0);
         for (int k = 0; k < kb; k += 16) {
             int nk = kb - k < 16 ? kb - k : 16;
             __mmask16 km = (__mmask16)((1u << nk) - 1);
