@@ -598,7 +598,10 @@ size_t df_unet_activation_bytes(const df_unet *u)
 /* --------------------------------------------------------------- forward */
 
 typedef struct {
-    int B, T;
+    int B, T;                   /* B: the items computed now (see expand_batch) */
+    int Bfull;                  /* the batch */
+    float *xm;                  /* the transformer input being updated, (Bfull,C,HW) */
+    int xm_C, xm_HW;
     const float *ehs;           /* (B,T,D) */
     float *r[R_N];              /* scratch regions */
     float *skip[1 + MAX_BLOCKS * (MAX_LAYERS + 1)];
@@ -627,6 +630,43 @@ static void push(fwd *f, const float *x)
 {
     memcpy(f->skip[f->top], x, f->skip_n[f->top] * sizeof *x);
     f->top++;
+}
+
+/* Classifier-free guidance runs the UNet on a batch whose items share the
+ * latents and the timestep and differ only in the text: up to the first
+ * cross-attention every item computes the same values (conv_in, the first
+ * resnet, the first transformer's self-attention: at 768 px the largest
+ * attention of all). So when the items are identical the forward starts
+ * with item 0 alone (f->B = 1) and copies it to the others here, before the
+ * first op that reads the text: the tokens, the transformer's input and
+ * every skip pushed so far. No op mixes items, so the result is what the
+ * whole batch computes, up to float rounding where the batch size changes
+ * an op's path (a linear over few rows takes another GEMM); at SD's sizes
+ * it is bit for bit (check-fixtures prints the same errors either way). */
+static void expand_batch(fwd *f, int HW, int C)
+{
+    if (f->B == f->Bfull)
+        return;
+    size_t ntok = (size_t)HW * C, nxm = (size_t)f->xm_C * f->xm_HW;
+    for (int b = 1; b < f->Bfull; b++) {
+        memcpy(f->r[R_TOK] + b * ntok, f->r[R_TOK], ntok * sizeof(float));
+        memcpy(f->xm + b * nxm, f->xm, nxm * sizeof(float));
+        for (int k = 0; k < f->top; k++) {
+            size_t item = f->skip_n[k] / f->Bfull;
+            memcpy(f->skip[k] + b * item, f->skip[k], item * sizeof(float));
+        }
+    }
+    f->B = f->Bfull;
+}
+
+/* Whether the B items of sample (B, per) and timesteps are all the same. */
+static bool items_identical(const float *sample, const float *timesteps, int B, size_t per)
+{
+    for (int b = 1; b < B; b++)
+        if (timesteps[b] != timesteps[0] ||
+            memcmp(sample + b * per, sample, per * sizeof(float)) != 0)
+            return false;
+    return true;
 }
 
 /* One attention of a transformer block: tok += to_out(attn(LN'd tokens)).
@@ -673,6 +713,8 @@ static void tblock_forward(const xformer *x, const tblock *t, fwd *f, int HW, in
     float *tok = f->r[R_TOK], *nrm = f->r[R_NRM];
     df_layernorm_forward(nrm, tok, t->n1.g, t->n1.b, N, C, 1e-5f);
     attn_forward(x, f, &t->q1, &t->k1, &t->v1, &t->o1, HW, NULL, 0, 0);
+    expand_batch(f, HW, C);   // the text comes in: every item from here
+    N = f->B * HW;
     df_layernorm_forward(nrm, tok, t->n2.g, t->n2.b, N, C, 1e-5f);
     attn_forward(x, f, &t->q2, &t->k2, &t->v2, &t->o2, HW, f->ehs, f->T, D);
     df_layernorm_forward(nrm, tok, t->n3.g, t->n3.b, N, C, 1e-5f);
@@ -685,6 +727,7 @@ static void xformer_forward(const df_unet *u, const xformer *x, fwd *f, float *x
     int B = f->B, C = x->C, HW = H * W, N = B * HW;
     float *t = f->r[R_T], *tok = f->r[R_TOK], *nrm = f->r[R_NRM];
     static const df_conv2d_geom c1 = {.K = 1, .stride = 1};
+    f->xm = xm, f->xm_C = C, f->xm_HW = HW;
     df_groupnorm_forward(t, xm, x->gn.g, x->gn.b, B, C, HW, u->groups, 1e-6f);
     if (u->linear_proj) {
         df_nchw_to_nhwc(nrm, t, B, C, HW);
@@ -695,6 +738,7 @@ static void xformer_forward(const df_unet *u, const xformer *x, fwd *f, float *x
     }
     for (int i = 0; i < x->ntb; i++)
         tblock_forward(x, &x->tb[i], f, HW, u->cross_dim);
+    B = f->B, N = B * HW;   // the blocks may have expanded the batch
     if (u->linear_proj) {
         df_linear_forward(nrm, tok, x->pout.w, x->pout.b, N, C, C);
         df_nhwc_to_nchw(t, nrm, B, C, HW);
@@ -748,14 +792,14 @@ static void down_forward(const df_unet *u, fwd *f, float **P, float **Q, int *H,
 static void up_forward(const df_unet *u, fwd *f, float **P, float **Q, int *H, int *W,
                        const int *hs, const int *ws)
 {
-    int n = u->nblocks, B = f->B;
+    int n = u->nblocks;
     for (int i = 0; i < n; i++) {
         const block *k = &u->up[i];
         for (int j = 0; j < k->nres; j++) {
             const df_nn_resnet *r = &k->res[j];
-            int HW = *H * *W;
+            int HW = *H * *W, B = f->B;
             const float *skip = f->skip[--f->top];
-            int cskip = (int)(f->skip_n[f->top] / ((size_t)B * HW)), cs = r->cin - cskip;
+            int cskip = (int)(f->skip_n[f->top] / ((size_t)f->Bfull * HW)), cs = r->cin - cskip;
             df_concat_channels(*Q, *P, cs, skip, cskip, B, HW);
             resnet(f, r, *Q, *P, *H, *W);
             if (k->has_attn)
@@ -763,7 +807,7 @@ static void up_forward(const df_unet *u, fwd *f, float **P, float **Q, int *H, i
         }
         if (k->has_sampler) {
             int OH = hs[n - 2 - i], OW = ws[n - 2 - i];
-            df_nn_upsample_forward(&k->sampler, *Q, f->r[R_T], *P, B, k->C, *H, *W, OH, OW);
+            df_nn_upsample_forward(&k->sampler, *Q, f->r[R_T], *P, f->B, k->C, *H, *W, OH, OW);
             *H = OH, *W = OW;
             swap(P, Q);
         }
@@ -812,7 +856,10 @@ df_status df_unet_forward(df_unet *u, const float *sample, const float *timestep
         return s;
     plan p;
     plan_walk(u, &p, (size_t)B, h, w, (size_t)T);
-    fwd f = {.B = B, .T = T, .ehs = encoder_hidden_states};
+    size_t per = (size_t)u->in_ch * h * w;
+    fwd f = {.B = B, .Bfull = B, .T = T, .ehs = encoder_hidden_states};
+    if (B > 1 && items_identical(sample, timesteps, B, per))
+        f.B = 1;   // see expand_batch
     lay_out(u, &f, &p);
     // time conditioning: R_TIME holds tproj (B,C0), temb (B,E), silu(temb) (B,E)
     float *tb = f.r[R_TIME], *temb = tb + (size_t)B * u->ch[0];
@@ -830,7 +877,7 @@ df_status df_unet_forward(df_unet *u, const float *sample, const float *timestep
     }
     static const df_conv2d_geom c3 = {.K = 3, .stride = 1, .pad_t = 1, .pad_l = 1, .pad_b = 1,
                                       .pad_r = 1};
-    df_conv2d_forward(P, x, u->conv_in.w, u->conv_in.b, B, u->in_ch, h, w, u->ch[0], &c3);
+    df_conv2d_forward(P, x, u->conv_in.w, u->conv_in.b, f.B, u->in_ch, h, w, u->ch[0], &c3);
     push(&f, P);
     int H = h, W = w, hs[MAX_BLOCKS], ws[MAX_BLOCKS];
     down_forward(u, &f, &P, &Q, &H, &W, hs, ws);
@@ -840,11 +887,13 @@ df_status df_unet_forward(df_unet *u, const float *sample, const float *timestep
         resnet(&f, &u->mid_res[1], Q, P, H, W);
     }
     up_forward(u, &f, &P, &Q, &H, &W, hs, ws);
-    size_t n0 = (size_t)B * u->ch[0] * h * w;
-    df_groupnorm_forward(P, P, u->norm_out.g, u->norm_out.b, B, u->ch[0], h * w, u->groups,
+    size_t n0 = (size_t)f.B * u->ch[0] * h * w, nout = (size_t)u->out_ch * h * w;
+    df_groupnorm_forward(P, P, u->norm_out.g, u->norm_out.b, f.B, u->ch[0], h * w, u->groups,
                          u->eps);
     df_silu_forward(P, P, n0);
-    df_conv2d_forward(out, P, u->conv_out.w, u->conv_out.b, B, u->ch[0], h, w, u->out_ch, &c3);
+    df_conv2d_forward(out, P, u->conv_out.w, u->conv_out.b, f.B, u->ch[0], h, w, u->out_ch, &c3);
+    for (int b = f.B; b < B; b++)   // no cross-attention: one item was the whole batch
+        memcpy(out + b * nout, out, nout * sizeof *out);
     if (!df_nn_all_finite(out, (size_t)B * u->out_ch * h * w))
         return df_fail(DF_ERR_NUMERIC, "unet: NaN or Inf in the output");
     return DF_OK;

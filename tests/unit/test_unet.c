@@ -183,6 +183,44 @@ static void test_forward_properties(void)
     df_unet_free(u);
 }
 
+/* The CFG batch: items with the same latents and timestep and different
+ * text start as one item and are copied before the first cross-attention
+ * (unet.c, expand_batch); three such items against each alone, and a batch
+ * whose items are the same in everything. */
+static void test_shared_prefix(void)
+{
+    df_unet *u = NULL;
+    CHECK_MSG(df_unet_load(unet_dir, NULL, &u) == DF_OK, "%s", df_last_error());
+    if (!u)
+        return;
+    int B = 3, C = df_unet_in_channels(u), h = 16, w = 12, T = 9,
+        D = df_unet_cross_attention_dim(u);
+    size_t ns = (size_t)C * h * w, ne = (size_t)T * D, no = (size_t)df_unet_out_channels(u) * h * w;
+    float *x = malloc(B * ns * 4), *e = malloc(B * ne * 4), *ob = malloc(B * no * 4),
+          *o1 = malloc(B * no * 4), t[3] = {501.0f, 501.0f, 501.0f};
+    fill(x, ns, 3);
+    for (int b = 1; b < B; b++)
+        memcpy(x + b * ns, x, ns * sizeof *x);
+    fill(e, B * ne, 4);
+    CHECK(df_unet_forward(u, x, t, e, B, h, w, T, ob) == DF_OK);
+    for (int b = 0; b < B; b++)
+        CHECK(df_unet_forward(u, x + b * ns, t + b, e + b * ne, 1, h, w, T, o1 + b * no) == DF_OK);
+    double d = unit_max_abs_diff(o1, ob, B * no), apart = unit_max_abs_diff(o1, o1 + no, no);
+    CHECK_MSG(d < 1e-5, "shared-prefix batch of 3 vs one by one: max diff %g", d);
+    CHECK_MSG(apart > 1e-3, "items with different text came out alike (diff %g)", apart);
+    // the same text too: one item computed, copied to the other at the end
+    // if no cross-attention comes first; every item equals item 0 alone
+    for (int b = 1; b < B; b++)
+        memcpy(e + b * ne, e, ne * sizeof *e);
+    CHECK(df_unet_forward(u, x, t, e, B, h, w, T, ob) == DF_OK);
+    for (int b = 0; b < B; b++) {
+        d = unit_max_abs_diff(o1, ob + b * no, no);
+        CHECK_MSG(d < 1e-5, "identical items: item %d differs from item 0 alone by %g", b, d);
+    }
+    free(x), free(e), free(ob), free(o1);
+    df_unet_free(u);
+}
+
 int main(void)
 {
     const char *fx = getenv("DF_FIXTURES");
@@ -195,6 +233,7 @@ int main(void)
         test_config_errors();
         test_file_errors();
         test_forward_properties();
+        test_shared_prefix();
     }
     char cmd[256];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
