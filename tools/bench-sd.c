@@ -98,7 +98,10 @@ int main(int argc, char **argv)
                 if (df_unet_load(path, NULL, &unet) != DF_OK)
                     return fail(path);
                 int C = df_unet_in_channels(unet), X = df_unet_cross_attention_dim(unet);
+                // the CFG batch as the pipeline makes it: the same latents
+                // twice, with two different text embeddings
                 in = randbuf((size_t)2 * C * h * h, 1.0f);
+                memcpy(in + (size_t)C * h * h, in, sizeof(float) * C * h * h);
                 cond = randbuf((size_t)2 * 77 * X, 1.0f);
                 out = malloc(sizeof(float) * 2 * df_unet_out_channels(unet) * h * h);
                 ts = malloc(2 * sizeof(float));
