@@ -1082,8 +1082,8 @@ static void gemm_block_at(int M, int N, int K, const float *At, size_t lda, cons
 
 /* Q^T for one block: qt (HS, TQ) = scale * q (nq, HS) transposed, q's rows
  * ldq apart; query lanes past nq get zeros (finite scores nobody reads).
- * By 16 x 16 blocks in registers, four rounds of 16 shuffles: done one float
- * at a time, the transpose cost a quarter of a cross-attention block (Tk 77). */
+ * By 16 x 16 blocks in registers (transpose16): done one float at a time,
+ * the transpose cost a quarter of a cross-attention block (Tk 77). */
 __attribute__((target("avx512f"))) static void pack_qt(float *qt, const float *q, size_t ldq,
                                                        int nq, int HS, float scale)
 {
@@ -1092,43 +1092,15 @@ __attribute__((target("avx512f"))) static void pack_qt(float *qt, const float *q
         for (int d0 = 0; d0 < HS; d0 += 16) {
             int nd = HS - d0 < 16 ? HS - d0 : 16;
             __mmask16 dm = (__mmask16)((1u << nd) - 1);
-            __m512 x[16], a[16], b[16], c[16];
+            __m512 x[16];
             for (int i = 0; i < 16; i++) {
                 const float *row = q + (size_t)(r0 + i) * ldq + d0;
                 x[i] = r0 + i < nq ? _mm512_mul_ps(s, _mm512_maskz_loadu_ps(dm, row))
                                    : _mm512_setzero_ps();
             }
-            // per 128-bit lane L, writing e(i) for x[i]'s element 4L+e:
-            // a[2g] = r2g.0 r2g+1.0 r2g.1 r2g+1.1, a[2g+1] the same for .2 .3
-            for (int g = 0; g < 8; g++) {
-                a[2 * g] = _mm512_unpacklo_ps(x[2 * g], x[2 * g + 1]);
-                a[2 * g + 1] = _mm512_unpackhi_ps(x[2 * g], x[2 * g + 1]);
-            }
-            // b[4q+k], lane L: column 4L+k of rows 4q..4q+3
-            for (int qd = 0; qd < 4; qd++)
-                for (int k = 0; k < 2; k++) {
-                    __m512d lo = _mm512_castps_pd(a[4 * qd + k]);
-                    __m512d hi = _mm512_castps_pd(a[4 * qd + 2 + k]);
-                    b[4 * qd + 2 * k] = _mm512_castpd_ps(_mm512_unpacklo_pd(lo, hi));
-                    b[4 * qd + 2 * k + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(lo, hi));
-                }
-            // c[k], c[4+k]: lanes 0-1 (c[k]) or 2-3 (c[4+k]) of rows 0-7 for
-            // columns 4L+k; c[8+k], c[12+k]: the same for rows 8-15
-            for (int k = 0; k < 4; k++) {
-                c[k] = _mm512_shuffle_f32x4(b[k], b[4 + k], 0x44);
-                c[4 + k] = _mm512_shuffle_f32x4(b[k], b[4 + k], 0xEE);
-                c[8 + k] = _mm512_shuffle_f32x4(b[8 + k], b[12 + k], 0x44);
-                c[12 + k] = _mm512_shuffle_f32x4(b[8 + k], b[12 + k], 0xEE);
-            }
-            // column 4L+k, all 16 rows: lanes L of b[k], b[4+k], b[8+k], b[12+k]
-            for (int k = 0; k < 4; k++)
-                for (int L = 0; L < 4; L++) {
-                    __m512 lo = c[(L / 2) * 4 + k], hi = c[8 + (L / 2) * 4 + k];
-                    __m512 col = L % 2 ? _mm512_shuffle_f32x4(lo, hi, 0xDD)
-                                       : _mm512_shuffle_f32x4(lo, hi, 0x88);
-                    if (4 * L + k < nd)
-                        _mm512_store_ps(qt + (size_t)(d0 + 4 * L + k) * TQ + r0, col);
-                }
+            transpose16(x);   // x[d]: dimension d0 + d of the 16 queries
+            for (int d = 0; d < nd; d++)
+                _mm512_store_ps(qt + (size_t)(d0 + d) * TQ + r0, x[d]);
         }
 }
 
