@@ -148,7 +148,7 @@ void df_ops_split_range(int n, int align, int tid, int nt, int *lo, int *hi)
  * mr <= 6, w <= 64, where init (r, j) = ri[r] + ci[j] (either NULL for 0:
  * a bias starts in the accumulators rather than in a pass over C first).
  * A's element (r,k) is A[r*ars + k*aks] (row-major: ars = lda, aks = 1;
- * packed panels: ars = 1, aks = 6); B rows are ldb apart, C rows ldc apart.
+ * stored transposed: ars = 1, aks = lda); B rows are ldb apart, C rows ldc apart.
  * Portable version. */
 static void ukernel_c(int mr, int w, int kb, const float *A, size_t ars, size_t aks,
                       const float *B, size_t ldb, float *C, size_t ldc, int add,
@@ -221,67 +221,40 @@ ukernel_tile(const int MR, const int NV, __mmask16 last, int kb, const float *A,
     }
 }
 
-#define TILE_CASE(MR)                                                                       \
+/* The tile for mr rows and nv vectors, with A's strides ARS, AKS. */
+#define TILE_CASE(MR, ARS, AKS)                                                             \
     case MR:                                                                                \
         switch (nv) {                                                                       \
-        case 1: ukernel_tile(MR, 1, last, kb, A, ars, aks, B, ldb, C, ldc, add, ri, ci); break;         \
-        case 2: ukernel_tile(MR, 2, last, kb, A, ars, aks, B, ldb, C, ldc, add, ri, ci); break;         \
-        case 3: ukernel_tile(MR, 3, last, kb, A, ars, aks, B, ldb, C, ldc, add, ri, ci); break;         \
-        default: ukernel_tile(MR, 4, last, kb, A, ars, aks, B, ldb, C, ldc, add, ri, ci); break;        \
+        case 1: ukernel_tile(MR, 1, last, kb, A, ARS, AKS, B, ldb, C, ldc, add, ri, ci); break; \
+        case 2: ukernel_tile(MR, 2, last, kb, A, ARS, AKS, B, ldb, C, ldc, add, ri, ci); break; \
+        case 3: ukernel_tile(MR, 3, last, kb, A, ARS, AKS, B, ldb, C, ldc, add, ri, ci); break; \
+        default: ukernel_tile(MR, 4, last, kb, A, ARS, AKS, B, ldb, C, ldc, add, ri, ci); break; \
         }                                                                                   \
         break;
+#define TILE_SWITCH(ARS, AKS)                                                               \
+    switch (mr) {                                                                           \
+        TILE_CASE(1, ARS, AKS) TILE_CASE(2, ARS, AKS) TILE_CASE(3, ARS, AKS)                \
+        TILE_CASE(4, ARS, AKS) TILE_CASE(5, ARS, AKS)                                       \
+    default:                                                                                \
+        TILE_CASE(6, ARS, AKS)                                                              \
+    }
 
-#define TILE_CASE1(MR)                                                                      \
-    case MR:                                                                                \
-        switch (nv) {                                                                       \
-        case 1: ukernel_tile(MR, 1, last, kb, A, ars, 1, B, ldb, C, ldc, add, ri, ci); break;           \
-        case 2: ukernel_tile(MR, 2, last, kb, A, ars, 1, B, ldb, C, ldc, add, ri, ci); break;           \
-        case 3: ukernel_tile(MR, 3, last, kb, A, ars, 1, B, ldb, C, ldc, add, ri, ci); break;           \
-        default: ukernel_tile(MR, 4, last, kb, A, ars, 1, B, ldb, C, ldc, add, ri, ci); break;          \
-        }                                                                                   \
-        break;
-
-#define TILE_CASE_T(MR)                                                                     \
-    case MR:                                                                                \
-        switch (nv) {                                                                       \
-        case 1: ukernel_tile(MR, 1, last, kb, A, 1, aks, B, ldb, C, ldc, add, ri, ci); break;           \
-        case 2: ukernel_tile(MR, 2, last, kb, A, 1, aks, B, ldb, C, ldc, add, ri, ci); break;           \
-        case 3: ukernel_tile(MR, 3, last, kb, A, 1, aks, B, ldb, C, ldc, add, ri, ci); break;           \
-        default: ukernel_tile(MR, 4, last, kb, A, 1, aks, B, ldb, C, ldc, add, ri, ci); break;          \
-        }                                                                                   \
-        break;
-
+/* A is row-major (aks == 1: the GEMM's activations and weights) or stored
+ * transposed (ars == 1: attention's P^T); either stride as the constant 1
+ * lets the compiler step six pointers instead of multiplying in the loop.
+ * Nothing else calls it, but any other strides still get the right sum. */
 __attribute__((target("avx512f"))) static void
 ukernel_avx512(int mr, int w, int kb, const float *A, size_t ars, size_t aks, const float *B,
                size_t ldb, float *C, size_t ldc, int add, const float *ri, const float *ci)
 {
     int nv = (w + 15) / 16;
     __mmask16 last = (__mmask16)(w % 16 ? (1u << (w % 16)) - 1 : 0xFFFF);
-    // A is row-major everywhere (aks == 1): a constant lets the compiler
-    // step six row pointers instead of multiplying in the loop
-    if (aks == 1) {
-        switch (mr) {
-            TILE_CASE1(1) TILE_CASE1(2) TILE_CASE1(3) TILE_CASE1(4) TILE_CASE1(5)
-        default:
-            TILE_CASE1(6)
-        }
-        return;
-    }
-    // A transposed (attention's P^T, V^T: ars == 1): the same, for its
-    // six broadcasts from one contiguous run per k
-    if (ars == 1) {
-        switch (mr) {
-            TILE_CASE_T(1) TILE_CASE_T(2) TILE_CASE_T(3) TILE_CASE_T(4) TILE_CASE_T(5)
-        default:
-            TILE_CASE_T(6)
-        }
-        return;
-    }
-    switch (mr) {
-        TILE_CASE(1) TILE_CASE(2) TILE_CASE(3) TILE_CASE(4) TILE_CASE(5)
-    default:
-        TILE_CASE(6)
-    }
+    if (aks == 1)
+        TILE_SWITCH(ars, 1)
+    else if (ars == 1)
+        TILE_SWITCH(1, aks)
+    else
+        ukernel_c(mr, w, kb, A, ars, aks, B, ldb, C, ldc, add, ri, ci);
 }
 
 /* add 1: C += A @ B; add 0: C = init + A @ B (C is not read), init (r, j) =
