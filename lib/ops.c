@@ -269,17 +269,19 @@ static void ukernel(int mr, int w, int kb, const float *A, size_t ars, size_t ak
         ukernel_c(mr, w, kb, A, ars, aks, B, ldb, C, ldc, add, ri, ci);
 }
 
-/* C (M,N) += A (M,K) @ B (K,N) (add 1) or C = A @ B (add 0), all row-major
- * in place (attention's small in-cache products): 64-column strips of B,
- * 6 rows of A at a time. */
-static void gemm_block(int M, int N, int K, const float *A, size_t lda, const float *B,
-                       size_t ldb, float *C, size_t ldc, int add)
+/* C (M,N) += A (M,K) @ B (K,N) (add 1) or C = A @ B (add 0), in place
+ * (attention's small in-cache products): 64-column strips of B, 6 rows of
+ * A at a time. A's (i,k) is A[i*ars + k*aks]: row-major (ars = lda, aks = 1)
+ * or stored transposed (ars = 1, aks = lda: P read from P^T); B and C are
+ * row-major. */
+static void gemm_block(int M, int N, int K, const float *A, size_t ars, size_t aks,
+                       const float *B, size_t ldb, float *C, size_t ldc, int add)
 {
     for (int j = 0; j < N; j += 64) {
         int w = N - j < 64 ? N - j : 64;
         for (int i = 0; i < M; i += 6) {
             int mr = M - i < 6 ? M - i : 6;
-            ukernel(mr, w, K, A + i * lda, lda, 1, B + j, ldb, C + i * ldc + j, ldc, add, NULL,
+            ukernel(mr, w, K, A + i * ars, ars, aks, B + j, ldb, C + i * ldc + j, ldc, add, NULL,
                     NULL);
         }
     }
@@ -857,7 +859,8 @@ static void attn_tile(const attn_job *J, attn_scratch *w, int b, int h, int i0, 
     const float *qb = J->q + ((size_t)b * J->Tq + i0) * C + (size_t)h * HS;
     const float *vb = J->v + ((size_t)b * J->Tk + j0) * C + (size_t)h * HS;
     // s (nq, nk) = q (nq, HS) @ kt tile of keys j0.. (HS, AK), kt holding scale * k
-    gemm_block(nq, nk, HS, qb, (size_t)C, w->kt + (size_t)(j0 / AK) * HS * AK, AK, w->s, AK, 0);
+    gemm_block(nq, nk, HS, qb, (size_t)C, 1, w->kt + (size_t)(j0 / AK) * HS * AK, AK, w->s, AK,
+               0);
     for (int r = 0; r < nq; r++) {
         float *s = w->s + (size_t)r * AK;
         int i = i0 + r;
@@ -880,7 +883,7 @@ static void attn_tile(const attn_job *J, attn_scratch *w, int b, int h, int i0, 
         w->l[r] += exp_shift_sum(s, s, w->m[r], valid);
     }
     // o (nq, HS) += p (nq, nk) @ v (nk, HS)
-    gemm_block(nq, HS, nk, w->s, AK, vb, (size_t)C, w->o, (size_t)HS, 1);
+    gemm_block(nq, HS, nk, w->s, AK, 1, vb, (size_t)C, w->o, (size_t)HS, 1);
 }
 
 /* Queries i0..i0+nq of head (b,h), over all visible keys. */
@@ -1039,20 +1042,6 @@ static void mask_causal_t(float *st, int nk, int i0, int j0)
     }
 }
 
-/* C (M,N) += A (M,K) @ B (K,N) with A stored transposed: A's (i,k) is
- * At[k*lda + i] (P read from P^T); 64-column strips, 6 rows at a time. */
-static void gemm_block_at(int M, int N, int K, const float *At, size_t lda, const float *B,
-                          size_t ldb, float *C, size_t ldc)
-{
-    for (int j = 0; j < N; j += 64) {
-        int w = N - j < 64 ? N - j : 64;
-        for (int i = 0; i < M; i += 6) {
-            int mr = M - i < 6 ? M - i : 6;
-            ukernel(mr, w, K, At + i, 1, lda, B + j, ldb, C + i * ldc + j, ldc, 1, NULL, NULL);
-        }
-    }
-}
-
 /* Q^T for one block: qt (HS, TQ) = scale * q (nq, HS) transposed, q's rows
  * ldq apart; query lanes past nq get zeros (finite scores nobody reads).
  * By 16 x 16 blocks in registers (transpose16): done one float at a time,
@@ -1100,13 +1089,13 @@ static void attn_t_tile(const attn_job *J, attn_t_scratch *w, int s, int i0, int
     float *qt = w->qt + (size_t)s * HS * TQ, *o = w->o + (size_t)s * TQ * HS;
     float *m = w->m + (size_t)s * TQ, *l = w->l + (size_t)s * TQ;
     // st (nk, TQ) = k (nk, HS) @ qt (HS, TQ)
-    gemm_block(nk, TQ, HS, w->kp + (size_t)j0 * HS, HS, qt, TQ, w->st, TQ, 0);
+    gemm_block(nk, TQ, HS, w->kp + (size_t)j0 * HS, HS, 1, qt, TQ, w->st, TQ, 0);
     if (J->causal && j0 + nk - 1 > i0)
         mask_causal_t(w->st, nk, i0, j0);
     if (softmax_block_t(w->st, nk, m, l, w->corr) && j0 > 0)
         scale_rows(o, (size_t)HS, o, w->corr, nq, HS);
     // o (nq, HS) += p (nq, nk) @ v (nk, HS)
-    gemm_block_at(nq, HS, nk, w->st, TQ, w->vp + (size_t)j0 * HS, HS, o, HS);
+    gemm_block(nq, HS, nk, w->st, 1, TQ, w->vp + (size_t)j0 * HS, HS, o, HS, 1);
 }
 
 /* Queries i0..i0+nq (nq <= qs*TQ) of head (b,h) against all the keys they
