@@ -904,11 +904,23 @@ static void attn_rows(const attn_job *J, attn_scratch *w, int b, int h, int i0, 
     }
 }
 
+/* A thread's next work item: head bh = b * NH + h and block qb of its nqb
+ * blocks of queries; 0 when none is left. Items are head-major and come
+ * from a shared counter, so that a descheduled thread holds nobody up (as
+ * gemm_task), and a thread meets a new head (repacks its keys) rarely. */
+static int attn_next(attn_job *J, int nqb, int *bh, int *qb)
+{
+    int it = __atomic_fetch_add(&J->next, 1, __ATOMIC_RELAXED);
+    if (it >= J->B * J->NH * nqb)
+        return 0;
+    *bh = it / nqb, *qb = it % nqb;
+    return 1;
+}
+
 static void attn_task(void *ctx, int tid, int nt)
 {
     attn_job *J = ctx;
     int C = J->NH * J->HS, HS = J->HS, nqb = (J->Tq + AQ - 1) / AQ;
-    int items = J->B * J->NH * nqb;
     size_t ktiles = (size_t)(J->Tk + AK - 1) / AK;
     attn_scratch w = {malloc(sizeof(float) * HS * AK * ktiles), malloc(sizeof(float) * AQ * AK),
                       malloc(sizeof(float) * AQ * HS), malloc(sizeof(float) * AQ),
@@ -917,15 +929,10 @@ static void attn_task(void *ctx, int tid, int nt)
         __atomic_store_n(&J->failed, 1, __ATOMIC_RELAXED);
         goto done;
     }
-    // items (head, block of queries), head-major, taken from a shared
-    // counter so that a descheduled thread holds nobody up (as gemm_task);
     // a thread repacks K^T only when it moves to another head
     int cur_bh = -1;
-    for (;;) {
-        int it = __atomic_fetch_add(&J->next, 1, __ATOMIC_RELAXED);
-        if (it >= items)
-            break;
-        int bh = it / nqb, qb = it % nqb, b = bh / J->NH, h = bh % J->NH;
+    for (int bh, qb; attn_next(J, nqb, &bh, &qb);) {
+        int b = bh / J->NH, h = bh % J->NH;
         if (bh != cur_bh) {
             // this head's keys transposed, in tiles of AK keys: tile t holds
             // (d, j) at t*HS*AK + d*AK + j%AK, so a tile's rows sit 512 B apart
@@ -1142,7 +1149,6 @@ static void attn_t_task(void *ctx, int tid, int nt)
 {
     attn_job *J = ctx;
     int C = J->NH * J->HS, HS = J->HS, QB = J->qs * TQ, nqb = (J->Tq + QB - 1) / QB;
-    int items = J->B * J->NH * nqb;
     attn_t_scratch w = {alloc_floats((size_t)J->Tk * HS), alloc_floats((size_t)J->Tk * HS),
                         alloc_floats((size_t)HS * QB),   alloc_floats((size_t)TK * TQ),
                         alloc_floats((size_t)QB * HS),   alloc_floats(QB),
@@ -1151,14 +1157,10 @@ static void attn_t_task(void *ctx, int tid, int nt)
         __atomic_store_n(&J->failed, 1, __ATOMIC_RELAXED);
         goto done;
     }
-    // items (head, block of queries) from a shared counter, as attn_task;
     // a thread repacks K and V only when it moves to another head
     int cur_bh = -1;
-    for (;;) {
-        int it = __atomic_fetch_add(&J->next, 1, __ATOMIC_RELAXED);
-        if (it >= items)
-            break;
-        int bh = it / nqb, qb = it % nqb, b = bh / J->NH, h = bh % J->NH;
+    for (int bh, qb; attn_next(J, nqb, &bh, &qb);) {
+        int b = bh / J->NH, h = bh % J->NH;
         if (bh != cur_bh) {
             size_t at = (size_t)b * J->Tk * C + (size_t)h * HS;
             for (int j = 0; j < J->Tk; j++) {
