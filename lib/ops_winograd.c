@@ -94,11 +94,14 @@ void df_ops_release_scratch(void)
     pthread_mutex_unlock(&pool_lock);
 }
 
+typedef struct wino_tile wino_tile;
+
 typedef struct {
     float *out;
     const float *inp, *weight, *bias;
     int B, C, H, W, OC, TH, TW;
     int m, nxi;        // outputs per tile side (2 or 4) and matrices ((m + 2)^2)
+    const wino_tile *k;   // the transforms of this tile size (see the passes)
     int pad_t, OH;     // rows of padding on top (0 or 1), output rows
     int r0, r1;        // tile rows of this chunk
     size_t tc;         // tiles in this chunk: (r1 - r0) * TW
@@ -121,8 +124,9 @@ static size_t spaced(size_t n)
 
 /* --------------------------------------------------------------- filters */
 
-/* One filter g (3x3) into u = G g G^T, G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1]. */
-static void filter_one(const float *g, float u[4][4])
+/* One filter g (3x3) into u = G g G^T (4x4, row-major),
+ * G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1]. */
+static void filter_one(const float *g, float *u)
 {
     float t[4][3];
     for (int j = 0; j < 3; j++) {   // G g: down each column of g
@@ -132,10 +136,10 @@ static void filter_one(const float *g, float u[4][4])
         t[3][j] = g[6 + j];
     }
     for (int i = 0; i < 4; i++) {   // (G g) G^T: along each row
-        u[i][0] = t[i][0];
-        u[i][1] = 0.5f * (t[i][0] + t[i][1] + t[i][2]);
-        u[i][2] = 0.5f * (t[i][0] - t[i][1] + t[i][2]);
-        u[i][3] = t[i][2];
+        u[4 * i + 0] = t[i][0];
+        u[4 * i + 1] = 0.5f * (t[i][0] + t[i][1] + t[i][2]);
+        u[4 * i + 2] = 0.5f * (t[i][0] - t[i][1] + t[i][2]);
+        u[4 * i + 3] = t[i][2];
     }
 }
 
@@ -193,6 +197,12 @@ static void input_tile(float d[4][4], float *v, size_t vstride)
     }
 }
 
+/* img (H, W) at (y, x), 0 in the padding around it. */
+static inline float pixel(const wino_job *J, const float *img, int y, int x)
+{
+    return y >= 0 && y < J->H && x >= 0 && x < J->W ? img[(size_t)y * J->W + x] : 0.0f;
+}
+
 /* The tiles of tile row ty of channel c (image img (H, W)), which are tiles
  * t0.. of the chunk, into V: portable version. */
 static void input_row_c(const wino_job *J, const float *img, int ty, int c, int t0)
@@ -202,7 +212,7 @@ static void input_row_c(const wino_job *J, const float *img, int ty, int c, int 
         for (int i = 0; i < 4; i++)
             for (int j = 0; j < 4; j++) {
                 int y = 2 * ty - J->pad_t + i, x = 2 * tx - 1 + j;
-                d[i][j] = y >= 0 && y < J->H && x >= 0 && x < J->W ? img[(size_t)y * J->W + x] : 0.0f;
+                d[i][j] = pixel(J, img, y, x);
             }
         input_tile(d, J->V + df_ops_gemm_packed_index(J->C, (int)J->tc, c, t0 + tx), J->vsize);
     }
@@ -249,7 +259,8 @@ __attribute__((target("avx512f"))) static void input_row_avx512(const wino_job *
                                                                 const float *img, int ty, int c,
                                                                 int t0)
 {
-    const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+    const __m512i even =
+        _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
     const __m512i odd = _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
     int W = J->W;
     for (int tx = 0; tx < J->TW; tx += 16) {
@@ -284,10 +295,10 @@ __attribute__((target("avx512f"))) static void input_row_avx512(const wino_job *
         }
         float *v = J->V;
         for (int r = 0; r < 4; r++) {   // row r of (B^T d) B
-            store_packed(J, v + (r * 4 + 0) * J->vsize, c, t0 + tx, n, _mm512_sub_ps(d[r][0], d[r][2]));
-            store_packed(J, v + (r * 4 + 1) * J->vsize, c, t0 + tx, n, _mm512_add_ps(d[r][1], d[r][2]));
-            store_packed(J, v + (r * 4 + 2) * J->vsize, c, t0 + tx, n, _mm512_sub_ps(d[r][2], d[r][1]));
-            store_packed(J, v + (r * 4 + 3) * J->vsize, c, t0 + tx, n, _mm512_sub_ps(d[r][1], d[r][3]));
+            __m512 row[4] = {_mm512_sub_ps(d[r][0], d[r][2]), _mm512_add_ps(d[r][1], d[r][2]),
+                             _mm512_sub_ps(d[r][2], d[r][1]), _mm512_sub_ps(d[r][1], d[r][3])};
+            for (int k = 0; k < 4; k++)
+                store_packed(J, v + (size_t)(r * 4 + k) * J->vsize, c, t0 + tx, n, row[k]);
         }
     }
 }
@@ -404,8 +415,8 @@ static void at4_1d(const float m[6], float y[4])
     y[3] = (b + 8.0f * d) + m[5];
 }
 
-/* One filter g (3x3) into u = G g G^T (6x6). */
-static void filter4_one(const float *g, float u[6][6])
+/* One filter g (3x3) into u = G g G^T (6x6, row-major). */
+static void filter4_one(const float *g, float *u)
 {
     float t[6][3], col[6];
     for (int j = 0; j < 3; j++) {
@@ -414,7 +425,7 @@ static void filter4_one(const float *g, float u[6][6])
             t[i][j] = col[i];
     }
     for (int i = 0; i < 6; i++)
-        g4_1d(t[i][0], t[i][1], t[i][2], u[i]);
+        g4_1d(t[i][0], t[i][1], t[i][2], u + 6 * i);
 }
 
 #define V16 __m512
@@ -485,7 +496,7 @@ static void input4_row_c(const wino_job *J, const float *img, int ty, int c, int
         for (int i = 0; i < 6; i++)
             for (int j = 0; j < 6; j++) {
                 int y = 4 * ty - J->pad_t + i, x = 4 * tx - 1 + j;
-                d[i][j] = y >= 0 && y < J->H && x >= 0 && x < J->W ? img[(size_t)y * J->W + x] : 0.0f;
+                d[i][j] = pixel(J, img, y, x);
             }
         for (int j = 0; j < 6; j++) {   // B^T d, a column at a time
             for (int i = 0; i < 6; i++)
@@ -569,7 +580,8 @@ __attribute__((target("avx512f"))) static void output4_row_avx512(const wino_job
     // y[0..3] (lane l: tile l's column j) to 64 columns 4l + j: pairs of
     // floats first, then pairs of pairs
     const __m512i lo = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
-    const __m512i hi = _mm512_set_epi32(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8);
+    const __m512i hi =
+        _mm512_set_epi32(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8);
     const __m512i plo = _mm512_set_epi64(11, 3, 10, 2, 9, 1, 8, 0);
     const __m512i phi = _mm512_set_epi64(15, 7, 14, 6, 13, 5, 12, 4);
     V16 vb = SET1(bias);
@@ -609,6 +621,19 @@ __attribute__((target("avx512f"))) static void output4_row_avx512(const wino_job
 
 /* ------------------------------------------------------------ the passes */
 
+/* The transforms of one tile size, portable and AVX-512 ([df_ops_simd()]). */
+struct wino_tile {
+    void (*filter_one)(const float *g, float *u);   // u: the nxi values, row-major
+    void (*filter_16)(const wino_job *J, size_t f, int n);
+    void (*input_row[2])(const wino_job *J, const float *img, int ty, int c, int t0);
+    void (*output_row[2])(const wino_job *J, const float *m, size_t mstride, float bias,
+                          float *img, int ty);
+};
+static const wino_tile tile2 = {filter_one, filter_16, {input_row_c, input_row_avx512},
+                                {output_row_c, output_row_avx512}};
+static const wino_tile tile4 = {filter4_one, filter4_16, {input4_row_c, input4_row_avx512},
+                                {output4_row_c, output4_row_avx512}};
+
 /* U[xi] (OC, C) = (G g G^T)[xi] for every filter g of weight (OC, C, 3, 3). */
 static void filter_task(void *ctx, int tid, int nt)
 {
@@ -617,24 +642,18 @@ static void filter_task(void *ctx, int tid, int nt)
     df_ops_split_range(J->OC * J->C, 1, tid, nt, &lo, &hi);
     if (df_ops_simd()) {
         for (int f = lo; f < hi; f += 16)
-            (J->m == 4 ? filter4_16 : filter_16)(J, (size_t)f, hi - f < 16 ? hi - f : 16);
+            J->k->filter_16(J, (size_t)f, hi - f < 16 ? hi - f : 16);
         return;
     }
-    for (size_t f = (size_t)lo; f < (size_t)hi && J->m == 4; f++) {
-        float u[6][6];
-        filter4_one(J->weight + f * 9, u);
-        for (int xi = 0; xi < 36; xi++)
-            J->U[(size_t)xi * J->ustride + f] = u[xi / 6][xi % 6];
-    }
-    for (size_t f = (size_t)lo; f < (size_t)hi && J->m == 2; f++) {
-        float u[4][4];
-        filter_one(J->weight + f * 9, u);
-        for (int xi = 0; xi < 16; xi++)
-            J->U[(size_t)xi * J->ustride + f] = u[xi / 4][xi % 4];
+    for (size_t f = (size_t)lo; f < (size_t)hi; f++) {
+        float u[36];
+        J->k->filter_one(J->weight + f * 9, u);
+        for (int xi = 0; xi < J->nxi; xi++)
+            J->U[(size_t)xi * J->ustride + f] = u[xi];
     }
 }
 
-/* V (16, C, tc) for this chunk's tile rows, channels shared among threads. */
+/* V (nxi, C, tc) for this chunk's tile rows, channels shared among threads. */
 static void input_task(void *ctx, int tid, int nt)
 {
     wino_job *J = ctx;
@@ -644,14 +663,11 @@ static void input_task(void *ctx, int tid, int nt)
         for (int r = J->r0; r < J->r1; r++) {
             int b = r / J->TH, ty = r % J->TH, t0 = (r - J->r0) * J->TW;
             const float *img = J->inp + ((size_t)b * J->C + c) * J->H * J->W;
-            if (J->m == 4)
-                (df_ops_simd() ? input4_row_avx512 : input4_row_c)(J, img, ty, c, t0);
-            else
-                (df_ops_simd() ? input_row_avx512 : input_row_c)(J, img, ty, c, t0);
+            J->k->input_row[df_ops_simd()](J, img, ty, c, t0);
         }
 }
 
-/* Outputs of this chunk's tile rows from M (16, OC, tc), output channels
+/* Outputs of this chunk's tile rows from M (nxi, OC, tc), output channels
  * shared among threads. */
 static void output_task(void *ctx, int tid, int nt)
 {
@@ -665,10 +681,7 @@ static void output_task(void *ctx, int tid, int nt)
             float *img = J->out + ((size_t)b * J->OC + oc) * J->OH * J->W;
             const float *m = J->M + oc * J->tc + (size_t)(r - J->r0) * J->TW;
             float bias = J->bias ? J->bias[oc] : 0.0f;
-            if (J->m == 4)
-                (df_ops_simd() ? output4_row_avx512 : output4_row_c)(J, m, mstride, bias, img, ty);
-            else
-                (df_ops_simd() ? output_row_avx512 : output_row_c)(J, m, mstride, bias, img, ty);
+            J->k->output_row[df_ops_simd()](J, m, mstride, bias, img, ty);
         }
 }
 
@@ -699,7 +712,8 @@ int df_conv2d_winograd(float *out, const float *inp, const float *weight, const 
     int nxi = (m + 2) * (m + 2);
     wino_job J = {.out = out, .inp = inp, .weight = weight, .bias = bias, .B = B, .C = C,
                   .H = H, .W = W, .OC = OC, .TH = (OH + m - 1) / m, .TW = (W + m - 1) / m,
-                  .m = m, .nxi = nxi, .pad_t = pad_t, .OH = OH};
+                  .m = m, .nxi = nxi, .k = m == 4 ? &tile4 : &tile2, .pad_t = pad_t,
+                  .OH = OH};
     int rows = B * J.TH;
     size_t per_row = (size_t)nxi * (C + OC) * J.TW * sizeof(float);
     // at least ~1024 tiles a chunk, whatever the bytes: the GEMMs of a
