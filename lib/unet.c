@@ -626,9 +626,10 @@ static void lay_out(df_unet *u, fwd *f, const plan *p)
     f->top = 0;
 }
 
+/* The items computed now (f->B of the batch) of x onto the skip stack. */
 static void push(fwd *f, const float *x)
 {
-    memcpy(f->skip[f->top], x, f->skip_n[f->top] * sizeof *x);
+    memcpy(f->skip[f->top], x, f->skip_n[f->top] / f->Bfull * f->B * sizeof *x);
     f->top++;
 }
 
