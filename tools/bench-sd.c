@@ -3,8 +3,9 @@
  * size, threads, wall seconds of the fastest of REPS runs and of the first,
  * CPU seconds, GFLOP/s, peak RSS. GFLOP/s count the direct algorithm's flops
  * (the issue's 1.61 and 4.30 TFLOP per CFG step), so with Winograd
- * convolutions they are effective rates that compare as times. One part per process, so that the peak RSS
- * is that part's alone: a pipeline loads one component at a time.
+ * convolutions they are effective rates that compare as times. One part per
+ * process, so that the peak RSS is that part's alone: a pipeline loads one
+ * component at a time.
  * Built to build/tools/bench-sd; run by tests/bench/bench-sd.sh. Asserts nothing.
  *
  * Usage: bench-sd MODEL_DIR te|unet|vae PIXELS THREADS [REPS]
