@@ -33,6 +33,7 @@ int cf_check_scheduler(const cf_ctx *c);       /* refs/schedulers/<name>_<v|eps>
 int cf_check_pipeline(const cf_ctx *c);        /* refs/pipeline_*.safetensors */
 int cf_check_pipeline_png(const cf_ctx *c);    /* refs/pipeline_*.png */
 int cf_check_lora_inference(const cf_ctx *c);  /* refs/lora_inference.safetensors */
+int cf_check_train(const cf_ctx *c);           /* refs/train_lora_*.safetensors */
 
 /* Print one result line. name is "file:tensor". */
 void cf_line(const char *verdict, const char *name, double max_abs, double max_rel,

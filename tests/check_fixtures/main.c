@@ -65,6 +65,7 @@ __attribute__((weak)) int cf_check_scheduler(const cf_ctx *c) { return no_checke
 __attribute__((weak)) int cf_check_pipeline(const cf_ctx *c) { return no_checker(c); }
 __attribute__((weak)) int cf_check_pipeline_png(const cf_ctx *c) { return no_checker(c); }
 __attribute__((weak)) int cf_check_lora_inference(const cf_ctx *c) { return no_checker(c); }
+__attribute__((weak)) int cf_check_train(const cf_ctx *c) { return no_checker(c); }
 
 static int starts(const char *s, const char *p) { return strncmp(s, p, strlen(p)) == 0; }
 static int ends(const char *s, const char *p)
@@ -76,10 +77,7 @@ static int ends(const char *s, const char *p)
 static int dispatch(const cf_ctx *c)
 {
     const char *f = c->file;
-    if (starts(f, "refs/train_")) {  /* training references belong to the training issue */
-        cf_line("SKIP", f, NAN, NAN, "training step references are checked by the training work");
-        return 0;
-    }
+    if (starts(f, "refs/train_") && ends(f, ".safetensors")) return cf_check_train(c);
     if (starts(f, "refs/tokenizer") && ends(f, ".jsonl")) return cf_check_tokenizer(c);
     if (starts(f, "refs/text_encoder") && ends(f, ".safetensors")) return cf_check_text_encoder(c);
     if (starts(f, "refs/vae") && ends(f, ".safetensors")) return cf_check_vae(c);
