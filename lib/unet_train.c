@@ -808,7 +808,9 @@ static df_status forward_units(df_unet_train *t, const float *sample, const floa
         unit *k = &t->units[i];
         k->out = talloc(t, k->nout, false);
         unit_fwd(t, i, sample, k->out);
-        if (t->ckpt)   // keep inputs and outputs only; the backward recomputes
+        // checkpointing keeps the units' inputs and outputs only; the
+        // backward recomputes resnets and transformers (the head's one map stays)
+        if (t->ckpt && (k->kind == U_RESNET || k->kind == U_XFORMER))
             unit_tape_free(t, k);
     }
     tfree(t, t->centered);
