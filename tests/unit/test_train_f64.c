@@ -1,0 +1,153 @@
+/* test_train_f64.c - one training step's LoRA gradients against the same
+ * step computed by diffusers + peft in float64 (tests/data/
+ * train_lora_nonzeroB_step1_grads_f64.safetensors, made by
+ * tests/bench/train_grads_f64.py from refs/train_lora_nonzeroB).
+ *
+ * The fixture's own float32 gradients sit up to 6.6e-4 (of a tensor's
+ * largest value) from float64 in the mid block, whose GroupNorms see two
+ * values per group on this tiny model, so tests/check-fixtures can hold
+ * gradients only to 1e-3; against float64 the issue's 1e-4 is checked here.
+ * Tensors that are zero in float64 (a one-token self-attention's q and k)
+ * are held to 1e-6 of the step's largest gradient. Needs DF_FIXTURES. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "clip.h"
+#include "clip_train.h"
+#include "lora_params.h"
+#include "safetensors.h"
+#include "scheduler.h"
+#include "train_step.h"
+#include "unet.h"
+#include "unet_train.h"
+#include "unit.h"
+
+static const char *path(const char *dir, const char *rel)
+{
+    static char buf[4][4096];
+    static int k;
+    k = (k + 1) % 4;
+    snprintf(buf[k], sizeof buf[k], "%s/%s", dir, rel);
+    return buf[k];
+}
+
+static float *get(const df_safetensors *st, const char *name, size_t *n)
+{
+    const df_st_tensor *t = df_st_find(st, name);
+    if (!t)
+        return NULL;
+    float *v = malloc(t->numel * sizeof *v);
+    if (v && df_st_to_f32(t, v) != DF_OK) {
+        free(v);
+        return NULL;
+    }
+    if (n)
+        *n = t->numel;
+    return v;
+}
+
+int main(void)
+{
+    const char *fx = getenv("DF_FIXTURES") ? getenv("DF_FIXTURES") : "../shared/fixtures";
+    const char *data = getenv("DF_TEST_DATA") ? getenv("DF_TEST_DATA") : "tests/data";
+    df_safetensors *ref = NULL, *f64 = NULL;
+    df_unet *u = NULL;
+    df_clip *te = NULL;
+    df_scheduler *sched = NULL;
+    if (df_st_open(path(fx, "refs/train_lora_nonzeroB.safetensors"), &ref) ||
+        df_st_open(path(data, "train_lora_nonzeroB_step1_grads_f64.safetensors"), &f64) ||
+        df_unet_load(path(fx, "pipeline/unet"), NULL, &u) ||
+        df_clip_load(path(fx, "pipeline/text_encoder"), NULL, &te) ||
+        df_scheduler_load(path(fx, "pipeline"), "ddpm", NULL, &sched)) {
+        fprintf(stderr, "test_train_f64: %s\n", df_last_error());
+        return 1;
+    }
+    static const char *const ut[] = {"to_q", "to_k", "to_v", "to_out.0"};
+    static const char *const tt[] = {"q_proj", "k_proj", "v_proj", "out_proj"};
+    df_lora_set set;
+    size_t n;
+    int rank = 0;   // from the first lora_A (down) tensor of the init
+    for (size_t i = 0; i < df_st_count(ref) && !rank; i++) {
+        const df_st_tensor *it = df_st_at(ref, i);
+        if (!strncmp(it->name, "init/", 5) && strstr(it->name, ".down.weight") && it->ndim == 2)
+            rank = (int)it->shape[0];
+    }
+    CHECK(df_lora_set_create(&set, df_unet_weights(u), ut, 4, df_clip_weights(te), tt, 4, rank,
+                             (float)rank) == DF_OK);
+    char key[512], name[600];
+    for (size_t i = 0; i < set.n; i++)
+        for (int w = 0; w < 2; w++) {
+            df_lora_key(key, sizeof key, &set.p[i], w, DF_LORA_FMT_DIFFUSERS);
+            snprintf(name, sizeof name, "init/%s", key);
+            float *v = get(ref, name, &n);
+            CHECK(v != NULL);
+            if (v)
+                memcpy(w ? set.p[i].B : set.p[i].A, v, n * sizeof *v);
+            free(v);
+        }
+    df_unet_train *ut_ = NULL;
+    df_clip_train *ct = NULL;
+    CHECK(df_unet_train_create(u, &set, false, &ut_) == DF_OK);
+    CHECK(df_clip_train_create(te, &set, &ct) == DF_OK);
+    size_t nl, nids, nt;
+    float *lat = get(ref, "step1/latents", &nl), *noise = get(ref, "step1/noise", NULL);
+    float *idsf = get(ref, "step1/input_ids", &nids), *tf = get(ref, "step1/timesteps", &nt);
+    int32_t *ids = malloc(nids * sizeof *ids);
+    int64_t *t = malloc(nt * sizeof *t);
+    for (size_t i = 0; i < nids; i++)
+        ids[i] = (int32_t)idsf[i];
+    for (size_t i = 0; i < nt; i++)
+        t[i] = (int64_t)tf[i];
+    const df_st_tensor *lt = df_st_find(ref, "step1/latents");
+    df_train_model tm = {.unet = ut_, .text = ct, .sched = sched};
+    df_train_batch b = {.B = (int)lt->shape[0], .C = (int)lt->shape[1], .h = (int)lt->shape[2],
+                        .w = (int)lt->shape[3], .T = (int)(nids / nt),
+                        .D = df_clip_get_config(te)->hidden_size, .latents = lat,
+                        .noise = noise, .timesteps = t, .ids = ids};
+    float loss;
+    df_lora_set_zero_grad(&set);
+    CHECK(df_train_step(&tm, &b, 1.0f, &loss, NULL) == DF_OK);
+    double lf64 = atof(df_st_metadata(f64, "loss_f64") ? df_st_metadata(f64, "loss_f64") : "0");
+    printf("loss %.9g, float64 %.9g: rel err %.3g\n", loss, lf64, fabs(loss - lf64) / lf64);
+    CHECK(fabs(loss - lf64) <= 1e-5 * lf64);
+    double gmax = 0, worst = 0;
+    for (size_t i = 0; i < set.nfloats; i++)
+        gmax = fmax(gmax, fabs(set.grads[i]));
+    int nt_checked = 0;
+    for (size_t i = 0; i < set.n; i++)
+        for (int w = 0; w < 2; w++) {
+            df_lora_key(key, sizeof key, &set.p[i], w, DF_LORA_FMT_DIFFUSERS);
+            snprintf(name, sizeof name, "step1/grad/%s", key);
+            float *g = get(f64, name, &n);
+            CHECK_MSG(g != NULL, "%s missing", name);
+            if (!g)
+                continue;
+            const float *mine = w ? set.p[i].gB : set.p[i].gA;
+            double mref = 0, mabs = 0;
+            for (size_t k = 0; k < n; k++) {
+                mref = fmax(mref, fabs(g[k]));
+                mabs = fmax(mabs, fabs((double)mine[k] - g[k]));
+            }
+            double used = mabs / (1e-4 * mref + 1e-6 * gmax);
+            CHECK_MSG(used <= 1, "%s: max abs err %g of max %g", key, mabs, mref);
+            if (mref > 1e-6 * gmax)
+                worst = fmax(worst, mabs / mref);
+            nt_checked++;
+            free(g);
+        }
+    printf("%d gradient tensors against float64: worst max|err| / max|grad| %.3g "
+           "(tolerance 1e-4)\n", nt_checked, worst);
+    CHECK(nt_checked == (int)(2 * set.n));
+    df_unet_train_free(ut_);
+    df_clip_train_free(ct);
+    df_lora_set_free(&set);
+    df_scheduler_free(sched);
+    df_clip_free(te);
+    df_unet_free(u);
+    df_st_close(ref);
+    df_st_close(f64);
+    free(lat), free(noise), free(idsf), free(tf), free(ids), free(t);
+    UNIT_END();
+}
