@@ -5,12 +5,13 @@ float64 with diffusers + peft, to tell float32 rounding from real error.
 Writes step1/grad/<key> in float64 (F64 tensors, metadata loss_f64) and
 prints, per tensor, how far the float32 reference is from them, as
 max|diff| / max|f64 grad|. tests/unit/test_train_f64.c checks diffyface's
-gradients against the committed output for train_lora_nonzeroB
-(tests/data/train_lora_nonzeroB_step1_grads_f64.safetensors).
+gradients against the committed outputs,
+tests/data/<REF_NAME>_step1_grads_f64.safetensors (SNR_GAMMA 5 for
+train_lora_nonzeroB_minsnr5).
 
 Needs diffusers 0.27.2, transformers 4.40.1, peft 0.10.0 and torch (see
 README, "Performance": a scratch virtualenv, never tests or CI).
-usage: train_grads_f64.py FIXTURES REF_NAME OUT.safetensors
+usage: train_grads_f64.py FIXTURES REF_NAME OUT.safetensors [SNR_GAMMA]
 """
 import json
 import sys
@@ -23,6 +24,7 @@ from safetensors.torch import load_file, save_file
 from transformers import CLIPTextModel
 
 fx, name, out = sys.argv[1:4]
+gamma = float(sys.argv[4]) if len(sys.argv) > 4 else 0.0
 ref = load_file(f"{fx}/refs/{name}.safetensors")
 init = ref if any(k.startswith("init/") for k in ref) else load_file(
     f"{fx}/refs/train_lora_nonzeroB.safetensors")
@@ -89,7 +91,14 @@ noisy = sched.add_noise(lat, noise, t)
 ehs = te(ref["step1/input_ids"])[0]
 target = sched.get_velocity(lat, noise, t)
 pred = unet(noisy, t, ehs).sample
-loss = torch.nn.functional.mse_loss(pred, target)
+if gamma > 0:   # min-SNR as train_text_to_image_lora.py, v-prediction
+    acp = sched.alphas_cumprod[t]
+    snr = acp / (1 - acp)
+    w = torch.minimum(snr, torch.full_like(snr, gamma)) / (snr + 1)
+    per = torch.nn.functional.mse_loss(pred, target, reduction="none").mean(dim=[1, 2, 3])
+    loss = (per * w).mean()
+else:
+    loss = torch.nn.functional.mse_loss(pred, target)
 loss.backward()
 print(json.dumps({"loss_f64": loss.item(), "loss_ref": ref["step1/loss"].item()}))
 worst, grads = 0, {}
@@ -102,4 +111,5 @@ for k in keys:
         print(f"{rel:.3g} {g.abs().max().item():.3g} {k}")
     grads["step1/grad/" + k] = g.contiguous()
 print(f"worst float32 reference vs float64: {worst:.3g}")
-save_file(grads, out, metadata={"loss_f64": repr(loss.item()), "source": name})
+save_file(grads, out, metadata={"loss_f64": repr(loss.item()), "source": name,
+                             "snr_gamma": repr(gamma)})
