@@ -11,7 +11,9 @@ train_lora_nonzeroB_minsnr5).
 
 Needs diffusers 0.27.2, transformers 4.40.1, peft 0.10.0 and torch (see
 README, "Performance": a scratch virtualenv, never tests or CI).
-usage: train_grads_f64.py FIXTURES REF_NAME OUT.safetensors [SNR_GAMMA]
+usage: train_grads_f64.py FIXTURES REF_NAME OUT.safetensors [SNR_GAMMA [STEP]]
+(STEP > 1 starts from the reference's parameters after step STEP-1 and
+writes stepSTEP/grad/<key>)
 """
 import json
 import sys
@@ -25,6 +27,7 @@ from transformers import CLIPTextModel
 
 fx, name, out = sys.argv[1:4]
 gamma = float(sys.argv[4]) if len(sys.argv) > 4 else 0.0
+step = int(sys.argv[5]) if len(sys.argv) > 5 else 1   # N > 1: from stepN-1/param
 ref = load_file(f"{fx}/refs/{name}.safetensors")
 init = ref if any(k.startswith("init/") for k in ref) else load_file(
     f"{fx}/refs/train_lora_nonzeroB.safetensors")
@@ -83,12 +86,13 @@ def param_of(key):
 keys = [k[5:] for k in init if k.startswith("init/")]
 with torch.no_grad():
     for k in keys:
-        param_of(k).copy_(init["init/" + k].double())
-lat, noise = ref["step1/latents"].double(), ref["step1/noise"].double()
-t = ref["step1/timesteps"]
+        start = init["init/" + k] if step == 1 else ref[f"step{step - 1}/param/" + k]
+        param_of(k).copy_(start.double())
+lat, noise = ref[f"step{step}/latents"].double(), ref[f"step{step}/noise"].double()
+t = ref[f"step{step}/timesteps"]
 sched.alphas_cumprod = sched.alphas_cumprod.double()
 noisy = sched.add_noise(lat, noise, t)
-ehs = te(ref["step1/input_ids"])[0]
+ehs = te(ref[f"step{step}/input_ids"])[0]
 target = sched.get_velocity(lat, noise, t)
 pred = unet(noisy, t, ehs).sample
 if gamma > 0:   # min-SNR as train_text_to_image_lora.py, v-prediction
@@ -100,16 +104,16 @@ if gamma > 0:   # min-SNR as train_text_to_image_lora.py, v-prediction
 else:
     loss = torch.nn.functional.mse_loss(pred, target)
 loss.backward()
-print(json.dumps({"loss_f64": loss.item(), "loss_ref": ref["step1/loss"].item()}))
+print(json.dumps({"loss_f64": loss.item(), "loss_ref": ref[f"step{step}/loss"].item()}))
 worst, grads = 0, {}
 for k in keys:
     g = param_of(k).grad
-    if "step1/grad/" + k in ref:
-        r = ref["step1/grad/" + k].double()
+    if f"step{step}/grad/" + k in ref:
+        r = ref[f"step{step}/grad/" + k].double()
         rel = ((r - g).abs().max() / max(g.abs().max().item(), 1e-30)).item()
         worst = max(worst, rel)
         print(f"{rel:.3g} {g.abs().max().item():.3g} {k}")
-    grads["step1/grad/" + k] = g.contiguous()
+    grads[f"step{step}/grad/" + k] = g.contiguous()
 print(f"worst float32 reference vs float64: {worst:.3g}")
 save_file(grads, out, metadata={"loss_f64": repr(loss.item()), "source": name,
-                             "snr_gamma": repr(gamma)})
+                             "snr_gamma": repr(gamma), "step": str(step)})

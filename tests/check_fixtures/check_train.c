@@ -10,15 +10,20 @@
  * "text-encoder targets [...]" lists, AdamW's settings from the entry's
  * "call" (lr=, betas=, weight_decay=, eps=), min-SNR from stepN/snr and the
  * description's "gamma", clipping from stepN/clip_coef and "max_norm=".
- * Steps run while stepN/loss exists, each on the stored batch, the
- * parameters carried from the previous step as the reference did.
+ * Steps run while stepN/loss exists, each on the stored batch, from the
+ * reference's parameters after the previous step (teacher forcing: a
+ * gradient near 0 whose sign rounding decides moves a parameter by 2 lr,
+ * which would make every later step differ) with the moments carried.
  *
- * Tolerances (the issue's): loss 1e-5 relative; every gradient and every
- * updated parameter 1e-4 of its tensor's largest magnitude; the step's
- * intermediates (noisy latents, target, text states, prediction) the
- * model tolerance 1e-4 x max(1, max|ref|). Gradient and parameter tensors
+ * Tolerances: loss 1e-5 relative; gradients GRAD_TOL (below) of each
+ * tensor's largest value; parameters after AdamW 0.2 lr, and 2 lr more for
+ * elements whose gradient is within its tolerance of 0 (README B8); the
+ * step's intermediates (noisy latents, target, text states, prediction) the
+ * model tolerance 1e-4 x max(1, max|ref|). Gradients are held to 1e-4 of
+ * float64 recomputations of these references by tests/unit/test_train_f64.c. Gradient and parameter tensors
  * print one line per kind and step (the worst tensor) and a FAIL line for
- * each tensor outside tolerance. */
+ * each tensor outside tolerance (DF_CF_VERBOSE=1 prints every tensor on
+ * stderr). */
 #include <ctype.h>
 #include <math.h>
 #include <stdio.h>
@@ -34,9 +39,15 @@
 #include "unet.h"
 
 #define MAX_TARGETS 16
-/* Gradients: the fixtures README's acceptance (B8), 1e-3 of each tensor's
- * largest value; torch itself moves them by 1e-4 with another thread count. */
-#define GRAD_TOL 1e-3
+/* Gradients: 1e-2 of each tensor's largest value (plus 1e-5 of the step's
+ * largest gradient). The float32 references are that far from the same
+ * steps in float64: up to 2.5e-3 at step 1 and 1.5e-2 at step 2 of
+ * train_lora_peftinit_gaussian, mostly in the mid block, whose GroupNorms
+ * see two values per group on this tiny model; diffyface is within 4e-5 of
+ * float64 (tests/unit/test_train_f64.c, tests/bench/train_grads_f64.py).
+ * The global norm, a sum over all of them, is held to 1e-3. */
+#define GRAD_TOL 1e-2
+#define NORM_TOL 1e-3
 
 typedef struct {
     int rank;
@@ -143,13 +154,23 @@ static int known_tensor(const char *name)
 
 /* Compare every parameter's A and B (or their gradients, or optimizer
  * moments: `what` picks) with "<prefix><key>"; one line for the worst. */
+/* A tolerance: rel x the tensor's largest |value| + abs per element, plus
+ * `extra` for elements whose gradient (grads, laid out as the parameters)
+ * is within its own uncertainty of 0: grad_rel x the tensor's largest
+ * |gradient| + grad_abs. There AdamW's step is lr * sign(g) with the sign
+ * decided by rounding, so the parameters may differ by up to 2 lr. */
+typedef struct {
+    double rel, abs;
+    const float *grads;
+    double grad_rel, grad_abs, extra;
+} tolerance;
+
 static int compare_params(const cf_ctx *c, const df_safetensors *st, const df_lora_set *s,
-                          const char *prefix, int what, const df_adamw *o, double tol,
-                          double tol_abs)
+                          const char *prefix, int what, const df_adamw *o, const tolerance *tl)
 {
     int fails = 0, n = 0, missing = 0;
     double worst = 0, worst_abs = 0, worst_rel = 0;   // worst: the largest share of tolerance
-    char key[512], name[600], wname[600] = "";
+    char key[512], name[600], wname[1024] = "";
     for (size_t i = 0; i < s->n; i++) {
         const df_lora_param *p = &s->p[i];
         for (int which = 0; which < 2; which++) {
@@ -171,14 +192,21 @@ static int compare_params(const cf_ctx *c, const df_safetensors *st, const df_lo
             if (cf_ref_get(c, st, name, &r))
                 return fails + 1;
             n++;
-            double mref = 0, mabs = 0;
+            size_t off = (size_t)((which ? p->B : p->A) - s->params);
+            const float *g = tl->grads ? tl->grads + off : NULL;
+            double mref = 0, mabs = 0, gmax = 0, used = 0;
             for (size_t k = 0; k < r.n && k < cnt; k++) {
                 mref = fmax(mref, fabs(r.data[k]));
-                mabs = fmax(mabs, fabs((double)vals[k] - r.data[k]));
-                if (isnan(vals[k]))
-                    mabs = INFINITY;
+                gmax = g ? fmax(gmax, fabs(g[k])) : 0;
             }
-            double rel = mabs / fmax(mref, 1e-30), used = mabs / (tol * mref + tol_abs);
+            for (size_t k = 0; k < r.n && k < cnt; k++) {
+                double d = fabs((double)vals[k] - r.data[k]), lim = tl->rel * mref + tl->abs;
+                if (g && fabs(g[k]) <= tl->grad_rel * gmax + tl->grad_abs)
+                    lim += tl->extra;
+                mabs = fmax(mabs, d);
+                used = isnan(d) ? INFINITY : fmax(used, d / lim);
+            }
+            double rel = mabs / fmax(mref, 1e-30);
             if (getenv("DF_CF_VERBOSE"))
                 fprintf(stderr, "%s max_ref %.3g max_abs %.3g rel %.3g\n", name, mref, mabs, rel);
             if (r.n != cnt || !(used <= 1)) {
@@ -193,7 +221,7 @@ static int compare_params(const cf_ctx *c, const df_safetensors *st, const df_lo
             cf_ref_free(&r);
         }
     }
-    char line[700], note[700];
+    char line[1200], note[1200];
     snprintf(line, sizeof line, "%s:%s* (%d tensors)", c->file, prefix, n);
     snprintf(note, sizeof note, "worst %s (%.0f%% of tolerance)%s", wname, 100 * worst,
              missing && n ? "; some keys absent" : "");
@@ -231,21 +259,21 @@ static int compare_tensor(const cf_ctx *c, const df_safetensors *st, const char 
 /* Whether the file holds "<prefix><key>" for the set's first parameter. */
 static int has_group(const df_safetensors *st, const df_lora_set *s, const char *prefix)
 {
-    char key[512], name[600];
+    char key[512], name[1024];
     df_lora_key(key, sizeof key, &s->p[0], 0, DF_LORA_FMT_DIFFUSERS);
     snprintf(name, sizeof name, "%s%s", prefix, key);
     return df_st_find(st, name) != NULL;
 }
 
-/* Load init/<key> into the set. */
-static df_status load_init(const df_safetensors *st, df_lora_set *s)
+/* Load "<prefix><key>" (init/, stepN/param/) into the set. */
+static df_status load_group(const df_safetensors *st, df_lora_set *s, const char *prefix)
 {
-    char key[512], name[600];
+    char key[512], name[1024];
     for (size_t i = 0; i < s->n; i++) {
         df_lora_param *p = &s->p[i];
         for (int which = 0; which < 2; which++) {
             df_lora_key(key, sizeof key, p, which, DF_LORA_FMT_DIFFUSERS);
-            snprintf(name, sizeof name, "init/%s", key);
+            snprintf(name, sizeof name, "%s%s", prefix, key);
             int64_t shape[2] = {which ? p->out : s->rank, which ? s->rank : p->in};
             float *v = NULL;
             df_status e = df_st_load_f32(st, name, 2, shape, &v);
@@ -347,7 +375,7 @@ static df_status model_load(const cf_ctx *c, const df_safetensors *st, const tra
     if ((int)(2 * m->set.n) != count_init(st))
         return df_fail(DF_ERR_SHAPE, "the targets give %zu LoRA tensors, the file has %d init/ "
                        "tensors", 2 * m->set.n, count_init(st));
-    if ((s = load_init(st, &m->set)) ||
+    if ((s = load_group(st, &m->set, "init/")) ||
         (s = df_unet_train_create(m->u, &m->set, false, &m->ut)) ||
         (s = df_clip_train_create(m->te, &m->set, &m->ct)) ||
         (s = df_adamw_init(&m->opt, m->set.nfloats)))
@@ -405,41 +433,52 @@ static int run_step(const cf_ctx *c, const df_safetensors *st, const train_cfg *
     }
     snprintf(n, sizeof n, "step%d/loss", k);
     fails += compare_scalar(c, st, n, loss, 1e-5);
-    // gradients: GRAD_TOL of each tensor's largest value, and 1e-6 of the
-    // step's largest gradient for tensors the reference has at exactly 0
-    // (a one-token self-attention's q and k get none)
+    // gradients: GRAD_TOL of each tensor's largest value, and 1e-5 of the
+    // step's largest gradient for tensors at 0 or nearly (a one-token
+    // self-attention's q and k get none)
     double gmax = 0;
     for (size_t i = 0; i < m->set.nfloats; i++)
         gmax = fmax(gmax, fabs(m->set.grads[i]));
+    tolerance tg = {.rel = GRAD_TOL, .abs = 1e-5 * gmax};
     snprintf(n, sizeof n, "step%d/grad/", k);
     if (has_group(st, &m->set, n))
-        fails += compare_params(c, st, &m->set, n, 1, NULL, GRAD_TOL, 1e-6 * gmax);
+        fails += compare_params(c, st, &m->set, n, 1, NULL, &tg);
     double coef = 1;
     double norm = df_grad_clip(m->set.grads, m->set.nfloats, g->max_norm, &coef);
     snprintf(n, sizeof n, "step%d/grad_global_norm", k);
-    fails += compare_scalar(c, st, n, norm, 1e-4);
+    fails += compare_scalar(c, st, n, norm, NORM_TOL);
     if (g->max_norm > 0) {
         snprintf(n, sizeof n, "step%d/clip_coef", k);
-        fails += compare_scalar(c, st, n, coef, 1e-4);
+        fails += compare_scalar(c, st, n, coef, NORM_TOL);
     }
+    float *gsnap = malloc(m->set.nfloats * sizeof *gsnap);
+    if (!gsnap) {
+        fails += cf_ref_fail(c, n, "out of memory");
+        goto out;
+    }
+    memcpy(gsnap, m->set.grads, m->set.nfloats * sizeof *gsnap);
     df_adamw_begin_step(&m->opt);
     df_adamw_update(&m->opt, 0, m->set.params, m->set.grads, m->set.nfloats, &g->h);
-    // parameters: 0.2 lr absolute (an AdamW step moves an element by about
-    // lr; where the gradient is at rounding level its sign decides, README B8)
+    // parameters: 0.2 lr (an AdamW step moves an element by about lr), and
+    // 2 lr more where the gradient is within its tolerance of 0 (README B8)
+    tolerance tp = {.abs = 0.2 * g->h.lr, .grads = gsnap, .grad_rel = GRAD_TOL,
+                    .grad_abs = 1e-5 * gmax * coef, .extra = 2 * g->h.lr};
     snprintf(n, sizeof n, "step%d/param/", k);
     if (has_group(st, &m->set, n))
-        fails += compare_params(c, st, &m->set, n, 0, NULL, 0, 0.2 * g->h.lr);
+        fails += compare_params(c, st, &m->set, n, 0, NULL, &tp);
     else
         fails += cf_ref_fail(c, n, "no parameters stored after this step");
     // the optimizer moments where the reference stored them: m = (1-b1) g,
     // v = (1-b2) g^2, so v's relative error is twice g's
+    tolerance tm1 = {.rel = GRAD_TOL, .abs = (1 - g->h.beta1) * 1e-5 * gmax};
+    tolerance tm2 = {.rel = 2 * GRAD_TOL, .abs = (1 - g->h.beta2) * 1e-10 * gmax * gmax};
     snprintf(n, sizeof n, "step%d/exp_avg/", k);
     if (has_group(st, &m->set, n))
-        fails += compare_params(c, st, &m->set, n, 2, &m->opt, GRAD_TOL, 1e-6 * gmax);
+        fails += compare_params(c, st, &m->set, n, 2, &m->opt, &tm1);
     snprintf(n, sizeof n, "step%d/exp_avg_sq/", k);
     if (has_group(st, &m->set, n))
-        fails += compare_params(c, st, &m->set, n, 3, &m->opt, 2 * GRAD_TOL,
-                                1e-12 * gmax * gmax);
+        fails += compare_params(c, st, &m->set, n, 3, &m->opt, &tm2);
+    free(gsnap);
 out:
     step_in_free(&in);
     free(noisy);
@@ -488,8 +527,17 @@ int cf_check_train(const cf_ctx *c)
     } else {
         char n[64];
         int k;
-        for (k = 1; snprintf(n, sizeof n, "step%d/loss", k), df_st_find(st, n); k++)
+        for (k = 1; snprintf(n, sizeof n, "step%d/loss", k), df_st_find(st, n); k++) {
+            // teacher forcing: step k starts from the reference's parameters
+            // after step k-1 (the moments stay ours), so that each step is
+            // judged on its own, not on the drift of the steps before it
+            snprintf(n, sizeof n, "step%d/param/", k - 1);
+            if (k > 1 && has_group(st, &m.set, n) && load_group(st, &m.set, n)) {
+                fails += cf_ref_fail(c, n, df_last_error());
+                break;
+            }
             fails += run_step(c, st, &g, &m, k);
+        }
         if (k == 1)
             fails += cf_ref_fail(c, "step1/loss", "no training step in the file");
     }

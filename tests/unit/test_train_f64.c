@@ -10,7 +10,9 @@
  * Each tensor is held to 1e-4 of its largest value plus 1e-5 of the step's
  * largest gradient (tensors that are zero or nearly so in float64, a
  * one-token self-attention's q and k, get the floor). One file per
- * reference: tests/data/<ref>_step1_grads_f64.safetensors. Needs DF_FIXTURES. */
+ * reference and step: tests/data/<ref>_step<N>_grads_f64.safetensors (step
+ * N > 1 starts from the reference's parameters after step N-1, as
+ * tests/check-fixtures does). Needs DF_FIXTURES. */
 #include <glob.h>
 #include <math.h>
 #include <stdio.h>
@@ -26,6 +28,16 @@
 #include "unet.h"
 #include "unet_train.h"
 #include "unit.h"
+
+static float *get(const df_safetensors *st, const char *name, size_t *n);
+
+/* get() of "<pre><name>" */
+static float *getp(const df_safetensors *st, const char *pre, const char *name, size_t *n)
+{
+    char full[256];
+    snprintf(full, sizeof full, "%s%s", pre, name);
+    return get(st, full, n);
+}
 
 static const char *path(const char *dir, const char *rel)
 {
@@ -53,8 +65,14 @@ static float *get(const df_safetensors *st, const char *name, size_t *n)
 
 static double check_step(const df_safetensors *ref, const df_safetensors *init,
                          const df_safetensors *f64, df_unet *u, df_clip *te,
-                         df_scheduler *sched, double gamma)
+                         df_scheduler *sched, double gamma, int step)
 {
+    char pre[64], start[64];
+    snprintf(pre, sizeof pre, "step%d/", step);
+    if (step == 1)
+        snprintf(start, sizeof start, "init/");
+    else   // from the reference's parameters after the step before
+        snprintf(start, sizeof start, "step%d/param/", step - 1), init = ref;
     static const char *const ut[] = {"to_q", "to_k", "to_v", "to_out.0"};
     static const char *const tt[] = {"q_proj", "k_proj", "v_proj", "out_proj"};
     df_lora_set set;
@@ -71,7 +89,7 @@ static double check_step(const df_safetensors *ref, const df_safetensors *init,
     for (size_t i = 0; i < set.n; i++)
         for (int w = 0; w < 2; w++) {
             df_lora_key(key, sizeof key, &set.p[i], w, DF_LORA_FMT_DIFFUSERS);
-            snprintf(name, sizeof name, "init/%s", key);
+            snprintf(name, sizeof name, "%s%s", start, key);
             float *v = get(init, name, &n);
             CHECK(v != NULL);
             if (v)
@@ -83,15 +101,16 @@ static double check_step(const df_safetensors *ref, const df_safetensors *init,
     CHECK(df_unet_train_create(u, &set, false, &ut_) == DF_OK);
     CHECK(df_clip_train_create(te, &set, &ct) == DF_OK);
     size_t nl, nids, nt;
-    float *lat = get(ref, "step1/latents", &nl), *noise = get(ref, "step1/noise", NULL);
-    float *idsf = get(ref, "step1/input_ids", &nids), *tf = get(ref, "step1/timesteps", &nt);
+    float *lat = getp(ref, pre, "latents", &nl), *noise = getp(ref, pre, "noise", NULL);
+    float *idsf = getp(ref, pre, "input_ids", &nids), *tf = getp(ref, pre, "timesteps", &nt);
     int32_t *ids = malloc(nids * sizeof *ids);
     int64_t *t = malloc(nt * sizeof *t);
     for (size_t i = 0; i < nids; i++)
         ids[i] = (int32_t)idsf[i];
     for (size_t i = 0; i < nt; i++)
         t[i] = (int64_t)tf[i];
-    const df_st_tensor *lt = df_st_find(ref, "step1/latents");
+    snprintf(name, sizeof name, "%slatents", pre);
+    const df_st_tensor *lt = df_st_find(ref, name);
     df_train_model tm = {.unet = ut_, .text = ct, .sched = sched, .snr_gamma = gamma};
     df_train_batch b = {.B = (int)lt->shape[0], .C = (int)lt->shape[1], .h = (int)lt->shape[2],
                         .w = (int)lt->shape[3], .T = (int)(nids / nt),
@@ -110,7 +129,7 @@ static double check_step(const df_safetensors *ref, const df_safetensors *init,
     for (size_t i = 0; i < set.n; i++)
         for (int w = 0; w < 2; w++) {
             df_lora_key(key, sizeof key, &set.p[i], w, DF_LORA_FMT_DIFFUSERS);
-            snprintf(name, sizeof name, "step1/grad/%s", key);
+            snprintf(name, sizeof name, "%sgrad/%s", pre, key);
             float *g = get(f64, name, &n);
             CHECK_MSG(g != NULL, "%s missing", name);
             if (!g)
@@ -160,11 +179,11 @@ static double check_file(const char *fx, const char *f64path, df_unet *u, df_cli
         init = ref;
     double worst = INFINITY;
     if (ref && init) {
-        const char *g = df_st_metadata(f64, "snr_gamma");
-        worst = check_step(ref, init, f64, u, te, sched, g ? atof(g) : 0);
-        printf("%s: gradients against float64: worst max|err| / (max|grad| + 0.1 max|step "
-               "grad|) %.3g\n",
-               df_st_metadata(f64, "source"), worst);
+        const char *g = df_st_metadata(f64, "snr_gamma"), *k = df_st_metadata(f64, "step");
+        int step = k ? atoi(k) : 1;
+        worst = check_step(ref, init, f64, u, te, sched, g ? atof(g) : 0, step);
+        printf("%s step %d: gradients against float64: worst max|err| / (max|grad| + 0.1 "
+               "max|step grad|) %.3g\n", df_st_metadata(f64, "source"), step, worst);
     }
     if (init != ref)
         df_st_close(init);
@@ -187,7 +206,7 @@ int main(void)
         return 1;
     }
     char pat[4096];
-    snprintf(pat, sizeof pat, "%s/*_step1_grads_f64.safetensors", data);
+    snprintf(pat, sizeof pat, "%s/*_grads_f64.safetensors", data);
     glob_t gl;
     int files = glob(pat, 0, NULL, &gl) ? 0 : (int)gl.gl_pathc;
     CHECK_MSG(files > 0, "no %s", pat);
