@@ -40,7 +40,8 @@
 
 /* 0 means "not set yet": df_ops_threads() then uses the online CPU count. */
 static int n_threads;
-/* -1: not probed yet; 0: portable C kernels; 1: AVX-512. */
+/* -1: not probed yet; 0: portable C kernels; 1: AVX-512; 2: AVX2 with FMA
+ * (the GEMM micro-kernel; the other ops run their portable versions). */
 static int simd_level = -1;
 /* -1: Winograd for 3x3 convolutions where it pays, with the tile size that
  * pays best; 0: never; 2 or 4: F(2x2, 3x3) or F(4x4, 3x3) wherever it applies. */
@@ -73,7 +74,9 @@ int df_ops_simd(void)
 {
     if (simd_level < 0) {
         __builtin_cpu_init();
-        simd_level = __builtin_cpu_supports("avx512f") ? 1 : 0;
+        simd_level = __builtin_cpu_supports("avx512f")                                    ? 1
+                     : __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? 2
+                                                                                        : 0;
     }
     return simd_level;
 }
@@ -257,16 +260,102 @@ ukernel_avx512(int mr, int w, int kb, const float *A, size_t ars, size_t aks, co
         ukernel_c(mr, w, kb, A, ars, aks, B, ldb, C, ldc, add, ri, ci);
 }
 
+/* The AVX2 kernel for a compile-time MR x (8*NV) tile, NV <= 2, the last
+ * vector masked to the tile's width: 6 rows x 2 vectors = 12 accumulators
+ * in ymm registers, plus 2 of B and 1 broadcast of A (all 16 in use). */
+__attribute__((target("avx2,fma"), always_inline)) static inline void
+ukernel_tile8(const int MR, const int NV, __m256i last, int kb, const float *A, size_t ars,
+              size_t aks, const float *B, size_t ldb, float *C, size_t ldc, int add,
+              const float *ri, const float *ci)
+{
+    const __m256i all = _mm256_set1_epi32(-1);
+    __m256 acc[6][2], cv[2];
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; v++)
+        cv[v] = add || !ci ? _mm256_setzero_ps()
+                           : _mm256_maskload_ps(ci + 8 * v, v == NV - 1 ? last : all);
+#pragma GCC unroll 6
+    for (int r = 0; r < MR; r++)
+#pragma GCC unroll 2
+        for (int v = 0; v < NV; v++)
+            acc[r][v] = add || !ri ? cv[v] : _mm256_add_ps(cv[v], _mm256_set1_ps(ri[r]));
+    for (int k = 0; k < kb; k++) {
+        __m256 b[2];
+        const float *bk = B + k * ldb, *ak = A + k * aks;
+#pragma GCC unroll 2
+        for (int v = 0; v < NV; v++)
+            b[v] = v == NV - 1 ? _mm256_maskload_ps(bk + 8 * v, last) : _mm256_loadu_ps(bk + 8 * v);
+#pragma GCC unroll 6
+        for (int r = 0; r < MR; r++) {
+            __m256 a = _mm256_broadcast_ss(ak + r * ars);
+#pragma GCC unroll 2
+            for (int v = 0; v < NV; v++)
+                acc[r][v] = _mm256_fmadd_ps(a, b[v], acc[r][v]);
+        }
+    }
+#pragma GCC unroll 6
+    for (int r = 0; r < MR; r++) {
+        float *c = C + r * ldc;
+#pragma GCC unroll 2
+        for (int v = 0; v < NV; v++) {
+            __m256i m = v == NV - 1 ? last : all;
+            __m256 y = acc[r][v];
+            if (add)
+                y = _mm256_add_ps(_mm256_maskload_ps(c + 8 * v, m), y);
+            _mm256_maskstore_ps(c + 8 * v, m, y);
+        }
+    }
+}
+
+#define TILE8_CASE(MR, ARS, AKS)                                                            \
+    case MR:                                                                                \
+        if (nv == 1)                                                                        \
+            ukernel_tile8(MR, 1, last, kb, A, ARS, AKS, Bj, ldb, Cj, ldc, add, ri, cj);     \
+        else                                                                                \
+            ukernel_tile8(MR, 2, last, kb, A, ARS, AKS, Bj, ldb, Cj, ldc, add, ri, cj);     \
+        break;
+#define TILE8_SWITCH(ARS, AKS)                                                              \
+    switch (mr) {                                                                           \
+        TILE8_CASE(1, ARS, AKS) TILE8_CASE(2, ARS, AKS) TILE8_CASE(3, ARS, AKS)             \
+        TILE8_CASE(4, ARS, AKS) TILE8_CASE(5, ARS, AKS)                                     \
+    default:                                                                                \
+        TILE8_CASE(6, ARS, AKS)                                                             \
+    }
+
+/* AVX2 has half AVX-512's registers: the strip of up to 64 columns goes
+ * through in 16-column tiles (A's few values stay in L1 across them). */
+__attribute__((target("avx2,fma"))) static void
+ukernel_avx2(int mr, int w, int kb, const float *A, size_t ars, size_t aks, const float *B,
+             size_t ldb, float *C, size_t ldc, int add, const float *ri, const float *ci)
+{
+    if (aks != 1 && ars != 1) {
+        ukernel_c(mr, w, kb, A, ars, aks, B, ldb, C, ldc, add, ri, ci);
+        return;
+    }
+    for (int j0 = 0; j0 < w; j0 += 16) {
+        int wj = w - j0 < 16 ? w - j0 : 16, nv = (wj + 7) / 8, tail = wj - 8 * (nv - 1);
+        __m256i last = _mm256_cmpgt_epi32(_mm256_set1_epi32(tail),
+                                          _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+        const float *Bj = B + j0, *cj = ci ? ci + j0 : NULL;
+        float *Cj = C + j0;
+        if (aks == 1)
+            TILE8_SWITCH(ars, 1)
+        else
+            TILE8_SWITCH(1, aks)
+    }
+}
+
 /* add 1: C += A @ B; add 0: C = init + A @ B (C is not read), init (r, j) =
  * ri[r] + ci[j], either NULL for 0. */
 static void ukernel(int mr, int w, int kb, const float *A, size_t ars, size_t aks,
                     const float *B, size_t ldb, float *C, size_t ldc, int add, const float *ri,
                     const float *ci)
 {
-    if (df_ops_simd())
-        ukernel_avx512(mr, w, kb, A, ars, aks, B, ldb, C, ldc, add, ri, ci);
-    else
-        ukernel_c(mr, w, kb, A, ars, aks, B, ldb, C, ldc, add, ri, ci);
+    switch (df_ops_simd()) {
+    case 1: ukernel_avx512(mr, w, kb, A, ars, aks, B, ldb, C, ldc, add, ri, ci); break;
+    case 2: ukernel_avx2(mr, w, kb, A, ars, aks, B, ldb, C, ldc, add, ri, ci); break;
+    default: ukernel_c(mr, w, kb, A, ars, aks, B, ldb, C, ldc, add, ri, ci); break;
+    }
 }
 
 /* C (M,N) += A (M,K) @ B (K,N) (add 1) or C = A @ B (add 0), in place
@@ -329,7 +418,7 @@ __attribute__((target("avx512f"))) static void copy_add_avx512(float *d, const f
 
 static void copy_add(float *d, const float *src, float v, int n)
 {
-    if (df_ops_simd())
+    if (df_ops_simd() == 1)
         copy_add_avx512(d, src, v, n);
     else
         for (int i = 0; i < n; i++)
@@ -448,7 +537,7 @@ __attribute__((target("avx512f"))) static void pack_trans_avx512(float *dst, con
 static void pack_b(float *dst, const bsrc *s, int k0, int kb, int n0, int nb)
 {
     size_t strip = (size_t)kb * 64;
-    if (s->kind == B_TRANS && df_ops_simd()) {
+    if (s->kind == B_TRANS && df_ops_simd() == 1) {
         pack_trans_avx512(dst, s, k0, kb, n0, nb);
         return;
     }
@@ -794,7 +883,7 @@ __attribute__((target("avx512f"))) static float exp_shift_sum_avx512(float *y, c
 
 static float exp_shift_sum(float *y, const float *x, float m, int n)
 {
-    if (df_ops_simd())
+    if (df_ops_simd() == 1)
         return exp_shift_sum_avx512(y, x, m, n);
     float s = 0.0f;
     for (int j = 0; j < n; j++)
@@ -818,7 +907,7 @@ __attribute__((target("avx512f"))) static float row_max_avx512(const float *x, i
 
 static float row_max(const float *x, int n)
 {
-    if (df_ops_simd())
+    if (df_ops_simd() == 1)
         return row_max_avx512(x, n);
     float mx = -INFINITY;
     for (int j = 0; j < n; j++)
@@ -1182,7 +1271,7 @@ void df_attention_forward(float *out, const float *q, const float *k, const floa
     if (B <= 0 || Tq <= 0 || Tk <= 0 || NH <= 0 || HS <= 0)
         return;
     // K and V of a head beyond half of L2 (2 MiB a core here): blocks of QS x TQ queries
-    int big = 2.0 * Tk * HS * sizeof(float) > 1 << 20, simd = df_ops_simd();
+    int big = 2.0 * Tk * HS * sizeof(float) > 1 << 20, simd = df_ops_simd() == 1;
     attn_job J = {out, q, k, v, B, Tq, Tk, NH, HS, causal, scale, 0, 0, big ? QS : 1};
     int nt = threads_for(4.0 * B * NH * Tq * Tk * HS / 8);
     int qb = simd ? J.qs * TQ : AQ, items = B * NH * ((Tq + qb - 1) / qb);
@@ -1372,7 +1461,7 @@ static void elt_task(void *ctx, int tid, int nt)
     size_t chunk = ((J->n + nt - 1) / nt + align - 1) / align * align;
     size_t a = chunk * tid < J->n ? chunk * tid : J->n;
     size_t e = a + chunk < J->n ? a + chunk : J->n;
-    int simd = df_ops_simd();
+    int simd = df_ops_simd() == 1;
     if (J->op != 2 && simd)
         elt_avx512(J->out + a, J->inp + a, NULL, e - a, J->op);
     else if (J->op == 0)

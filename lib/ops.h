@@ -20,7 +20,9 @@
 void df_ops_set_threads(int n);
 int df_ops_threads(void);
 /* SIMD level of the optimized ops: 1 AVX-512 kernels (the default where the
- * CPU has them), 0 portable C. Setting it is for tests and benchmarks. */
+ * CPU has them), 2 AVX2 with FMA (the default on CPUs without AVX-512: the
+ * GEMM micro-kernel behind linears, convolutions and attention; the other
+ * ops run portable C), 0 portable C. Setting it is for tests and benchmarks. */
 void df_ops_set_simd(int level);
 int df_ops_simd(void);
 /* 3x3 stride-1 convolutions (padded 1 left and right, 0 or 1 top and bottom)

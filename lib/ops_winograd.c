@@ -621,7 +621,7 @@ __attribute__((target("avx512f"))) static void output4_row_avx512(const wino_job
 
 /* ------------------------------------------------------------ the passes */
 
-/* The transforms of one tile size, portable and AVX-512 ([df_ops_simd()]). */
+/* The transforms of one tile size, portable and AVX-512 ([df_ops_simd() == 1]). */
 struct wino_tile {
     void (*filter_one)(const float *g, float *u);   // u: the nxi values, row-major
     void (*filter_16)(const wino_job *J, size_t f, int n);
@@ -640,7 +640,7 @@ static void filter_task(void *ctx, int tid, int nt)
     wino_job *J = ctx;
     int lo, hi;
     df_ops_split_range(J->OC * J->C, 1, tid, nt, &lo, &hi);
-    if (df_ops_simd()) {
+    if (df_ops_simd() == 1) {
         for (int f = lo; f < hi; f += 16)
             J->k->filter_16(J, (size_t)f, hi - f < 16 ? hi - f : 16);
         return;
@@ -663,7 +663,7 @@ static void input_task(void *ctx, int tid, int nt)
         for (int r = J->r0; r < J->r1; r++) {
             int b = r / J->TH, ty = r % J->TH, t0 = (r - J->r0) * J->TW;
             const float *img = J->inp + ((size_t)b * J->C + c) * J->H * J->W;
-            J->k->input_row[df_ops_simd()](J, img, ty, c, t0);
+            J->k->input_row[df_ops_simd() == 1](J, img, ty, c, t0);
         }
 }
 
@@ -681,7 +681,7 @@ static void output_task(void *ctx, int tid, int nt)
             float *img = J->out + ((size_t)b * J->OC + oc) * J->OH * J->W;
             const float *m = J->M + oc * J->tc + (size_t)(r - J->r0) * J->TW;
             float bias = J->bias ? J->bias[oc] : 0.0f;
-            J->k->output_row[df_ops_simd()](J, m, mstride, bias, img, ty);
+            J->k->output_row[df_ops_simd() == 1](J, m, mstride, bias, img, ty);
         }
 }
 

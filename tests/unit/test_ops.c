@@ -415,12 +415,15 @@ static void run_all(void)
 int main(void)
 {
     test_ref_values();
-    // each setting: AVX-512 kernels (where the CPU has them) and portable C;
-    // 1, 2 and 3 threads, so uneven shares get exercised
+    // each setting: AVX-512 kernels (where the CPU has them), the AVX2
+    // GEMM kernel (where it has AVX2 and FMA) and portable C; 1, 2 and 3
+    // threads, so uneven shares get exercised
     int simd = df_ops_simd();
-    int settings[][2] = {{1, 1}, {1, 2}, {1, 3}, {0, 2}};
-    for (int s = 0; s < 4; s++) {
-        if (settings[s][0] && !simd)
+    __builtin_cpu_init();
+    int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    int settings[][2] = {{1, 1}, {1, 2}, {1, 3}, {2, 1}, {2, 3}, {0, 2}};
+    for (int s = 0; s < 6; s++) {
+        if ((settings[s][0] == 1 && simd != 1) || (settings[s][0] == 2 && !avx2))
             continue;
         df_ops_set_simd(settings[s][0]);
         df_ops_set_threads(settings[s][1]);
