@@ -57,7 +57,7 @@ UNIT     := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(wildcard tests/unit/tes
 CHECKFX_SRC := $(wildcard tests/check_fixtures/*.c)
 CHECKFX  := $(if $(filter 1,$(SAN)),$(BUILD)/tests/check-fixtures,tests/check-fixtures)
 
-.PHONY: all test bench deps install clean
+.PHONY: all test bench deps install clean demo
 all: $(LIBDF) $(TOOLS) $(HELPERS) $(UNIT) $(CHECKFX)
 
 $(BUILD)/lib/%.o: lib/%.c $(wildcard lib/*.h)
@@ -103,6 +103,11 @@ deps:
 	@if dpkg -s $(DEB_PACKAGES) >/dev/null 2>&1; then echo "deps: all installed"; else \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
 	  apt-get install -y --no-install-recommends $(DEB_PACKAGES); fi
+
+# A tiny random model and a synthetic dataset through the whole training
+# pipeline: pipelines/demo.mk (DEMO_DIR=build/demo, DEMO_STEPS=150).
+demo: $(TOOLS) $(HELPERS)
+	$(MAKE) --no-print-directory -f pipelines/demo.mk BIN=$(CURDIR)/$(BIN)/ BUILD=$(CURDIR)/$(BUILD)
 
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/man/man1 $(DESTDIR)$(PREFIX)/share/man/man7
