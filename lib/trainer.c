@@ -11,6 +11,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -54,6 +56,10 @@ typedef struct {
     char model_hash[65], dataset_hash[65], vae_hash[65];
     char *caption_model;
     time_t started;
+    long resumed_at;        /* the checkpoint's step on --resume, else -1 */
+    int lock_fd;            /* flock on out_dir/.lock, held for the run */
+    bool cached_text;       /* text states from the cache (text encoder not trained) */
+    float *empty_text;      /* (T,D) states of "" for caption dropout with cached_text */
 } run;
 
 /* ------------------------------------------------------------ checks */
@@ -230,6 +236,72 @@ static df_status config_differs(const char *saved, const char *now)
     return s;
 }
 
+/* One run at a time in an output directory: two would interleave their
+ * checkpoints. The lock goes with the process, however it ends. */
+static df_status lock_out_dir(run *r)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/.lock", r->o->out_dir);
+    r->lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0666);
+    if (r->lock_fd < 0)
+        return df_fail(DF_ERR_IO, "%s: %s", path, strerror(errno));
+    if (flock(r->lock_fd, LOCK_EX | LOCK_NB))
+        return df_fail(DF_ERR_IO, "%s is in use by another df-train run", r->o->out_dir);
+    return DF_OK;
+}
+
+/* A fresh run (no --resume) must not mix its checkpoints with an earlier
+ * run's: refuse, and say how to go on. */
+static df_status check_fresh(run *r)
+{
+    if (r->o->resume)
+        return DF_OK;
+    char pat[4096];
+    snprintf(pat, sizeof pat, "%s/checkpoint-*", r->o->out_dir);
+    glob_t g;
+    int found = glob(pat, 0, NULL, &g) == 0;
+    if (found)
+        globfree(&g);
+    if (found)
+        return df_fail(DF_ERR_ARG, "%s holds checkpoints of an earlier run: --resume continues "
+                       "it; remove them (or choose another --out) to start afresh",
+                       r->o->out_dir);
+    return DF_OK;
+}
+
+/* Without text-encoder training the text states can come from the cache
+ * (df-encode-latents --text-embeddings): when every entry has them and
+ * they were made by this model's text encoder. Caption dropout then uses
+ * the states of "" computed here once. */
+static df_status setup_cached_text(run *r)
+{
+    int T, D;
+    df_latent_cache_text_shape(r->cache, &T, &D);
+    if (r->o->train_text_encoder || T == 0)
+        return DF_OK;
+    for (size_t i = 0; i < df_latent_cache_count(r->cache); i++)
+        if (!df_latent_cache_entry(r->cache, i)->has_text_embedding)
+            return DF_OK;
+    char te[65];
+    df_status s = df_latent_cache_text_encoder_identity(r->o->model_dir, te);
+    if (s)
+        return s;
+    const char *cached = df_latent_cache_text_encoder_hash(r->cache);
+    if (!cached || strcmp(cached, te) || T != r->T || D != r->D) {
+        df_warn("the cache's text embeddings were made by another text encoder: computing them "
+                "again");
+        return DF_OK;
+    }
+    if (!(r->empty_text = malloc((size_t)T * D * sizeof *r->empty_text)))
+        return df_fail(DF_ERR_NOMEM, "out of memory");
+    const char *empty = "";
+    if ((s = df_clip_encode_text(r->te, r->tok, &empty, 1, r->empty_text, NULL)))
+        return s;
+    r->cached_text = true;
+    df_warn("text states from the cache (the text encoder is not trained)");
+    return DF_OK;
+}
+
 static df_status load_all(run *r)
 {
     const df_train_opts *o = r->o;
@@ -237,10 +309,10 @@ static df_status load_all(run *r)
     df_status s;
     if (o->rank < 1)
         return df_fail(DF_ERR_ARG, "--rank must be at least 1");
-    if ((s = check_out_dir(o->out_dir)))
+    if ((s = check_out_dir(o->out_dir)) || (s = lock_out_dir(r)) || (s = check_fresh(r)))
         return s;
     if ((s = df_latent_cache_open(o->cache_dirs, o->ncache, &r->cache)))
-        return s;
+        return df_fail(s, "--cache: %s", df_last_error());
     if ((s = df_latent_cache_vae_identity(o->model_dir, r->vae_hash)))
         return s;
     if (strcmp(r->vae_hash, df_latent_cache_vae_hash(r->cache)))
@@ -284,7 +356,7 @@ static df_status load_all(run *r)
         return s;
     if ((s = df_adamw_init(&r->opt, r->set.nfloats)))
         return s;
-    if ((s = model_identity(o->model_dir, r->model_hash)))
+    if ((s = model_identity(o->model_dir, r->model_hash)) || (s = setup_cached_text(r)))
         return s;
     dataset_identity(r);
     return DF_OK;
@@ -372,10 +444,14 @@ static df_status next_batch(run *r, batch_buf *b)
         const df_latent_entry *e = df_latent_cache_entry(r->cache, (size_t)idx);
         bool drop = o->caption_dropout > 0 && uniform(g) < o->caption_dropout;
         texts[b->B] = drop ? "" : e->text;
+        size_t ntext = (size_t)r->T * r->D;
+        float *emb = r->cached_text && !drop ? b->ehs + b->B * ntext : NULL;
         df_status s = df_latent_cache_read(r->cache, (size_t)idx, b->lat + b->B * per,
-                                           b->tmp + b->B * per, NULL);
+                                           b->tmp + b->B * per, emb);
         if (s)
             return s;
+        if (r->cached_text && drop)
+            memcpy(b->ehs + b->B * ntext, r->empty_text, ntext * sizeof *b->ehs);
         b->B++;
     }
     if (b->B == 0)
@@ -411,7 +487,7 @@ static df_status next_batch(run *r, batch_buf *b)
         }
         return DF_OK;
     }
-    return df_clip_encode_text(r->te, r->tok, texts, b->B, b->ehs, NULL);
+    return r->cached_text ? DF_OK : df_clip_encode_text(r->te, r->tok, texts, b->B, b->ehs, NULL);
 }
 
 /* ------------------------------------------------------------ saving */
@@ -460,19 +536,21 @@ static df_status save_final(run *r, const char *path, long epochs_done)
     return df_lora_set_save(&r->set, path, o->format, meta);
 }
 
-static df_status save_checkpoint(run *r)
+/* A checkpoint of the current step; `notify` runs the on_saved hook (the
+ * final save notifies once, for the final LoRA). A resume with nothing
+ * left to do finds this step's checkpoint already there and keeps it. */
+static df_status save_checkpoint(run *r, bool notify)
 {
     char done[4096];
     struct stat sb;
     snprintf(done, sizeof done, "%s/checkpoint-%ld", r->o->out_dir, r->st.step);
-    if (!stat(done, &sb))   // a resume that had nothing left to do
+    if (r->resumed_at == r->st.step && !stat(done, &sb))
         return DF_OK;
     df_status s = df_checkpoint_save(r->o->out_dir, &r->set, &r->opt, &r->st,
                                      r->o->keep_checkpoints);
-    if (!s && r->hk && r->hk->on_saved) {
-        char path[4096];
-        snprintf(path, sizeof path, "%s/checkpoint-%ld/lora.safetensors", r->o->out_dir,
-                 r->st.step);
+    if (!s && notify && r->hk && r->hk->on_saved) {
+        char path[4200];
+        snprintf(path, sizeof path, "%s/lora.safetensors", done);
         r->hk->on_saved(r->hk->ctx, r->st.step, path, false);
     }
     return s;
@@ -548,7 +626,7 @@ static df_status train_loop(run *r)
         if (r->hk && r->hk->on_step)
             r->hk->on_step(r->hk->ctx, &m);
         if (o->save_every > 0 && r->st.step % o->save_every == 0 && r->st.step < o->max_steps)
-            s = save_checkpoint(r);
+            s = save_checkpoint(r, true);
     }
     batch_free(&b);
     return s;
@@ -606,6 +684,9 @@ static void run_free(run *r)
     free(r->ut_buf);
     free(r->tt_buf);
     free(r->caption_model);
+    free(r->empty_text);
+    if (r->lock_fd >= 0)
+        close(r->lock_fd);
 }
 
 df_status df_train_run(const df_train_opts *o, const df_train_hooks *hk)
@@ -614,6 +695,8 @@ df_status df_train_run(const df_train_opts *o, const df_train_hooks *hk)
     memset(&r, 0, sizeof r);
     r.o = o, r.hk = hk;
     r.started = time(NULL);
+    r.resumed_at = -1;
+    r.lock_fd = -1;
     df_status s = load_all(&r);
     char *cfg = s ? NULL : config_json(&r);
     if (!s && !cfg)
@@ -632,6 +715,10 @@ df_status df_train_run(const df_train_opts *o, const df_train_hooks *hk)
             if (!s && r.st.n_order != r.nbase)
                 s = df_fail(DF_ERR_ARG, "--resume: the checkpoint's data order has %zu entries, "
                             "the cache %zu", r.st.n_order, r.nbase);
+            if (!s && r.st.step > o->max_steps)
+                s = df_fail(DF_ERR_ARG, "--resume: the checkpoint is at step %ld, past "
+                            "--max-steps %ld", r.st.step, o->max_steps);
+            r.resumed_at = r.st.step;
         }
     }
     if (!s && r.st.config_json == NULL) {   // a fresh run
@@ -652,9 +739,9 @@ df_status df_train_run(const df_train_opts *o, const df_train_hooks *hk)
     if (!s) {   // the last checkpoint and the final LoRA, always
         char path[4096];
         snprintf(path, sizeof path, "%s/pytorch_lora_weights.safetensors", o->out_dir);
-        s = save_checkpoint(&r);
+        s = save_checkpoint(&r, false);
         if (!s)
-            s = save_final(&r, path, r.st.epoch);
+            s = save_final(&r, path, r.st.epoch + (r.st.pos > 0));
         if (!s && hk && hk->on_saved)
             hk->on_saved(hk->ctx, r.st.step, path, true);
     }

@@ -30,10 +30,11 @@ static const char usage_text[] =
     "                [--train-text-encoder] [--unet-lr X] [--text-encoder-lr X]\n"
     "                [--lr-scheduler NAME] [--lr-warmup-steps N] [--max-grad-norm X]\n"
     "                [--snr-gamma X] [--noise-offset X] [--caption-dropout P] [--random-flip]\n"
+    "                [--unet-targets LIST] [--text-targets LIST] [--use-mean]\n"
     "                [--init gaussian|kaiming] [--seed S] [--save-every N] [--keep N]\n"
     "                [--resume] [--format peft|kohya] [--gradient-checkpointing]\n"
     "                [--validation-prompt TEXT] [--validation-steps N] [-t THREADS]\n"
-    "                [--quiet|--progress]\n"
+    "                [-q|--quiet|--progress]\n"
     "Trains a LoRA on a latent cache (df-encode-latents). Writes checkpoints and the\n"
     "final OUT/pytorch_lora_weights.safetensors; one metrics record per step on stdout.\n"
     "See df-train(1).\n"
@@ -70,7 +71,7 @@ static const char usage_text[] =
     "                           repeatable\n"
     "  --validation-steps N     sampling steps for the validation images (20)\n"
     "  -t, --threads N          compute threads (default: all cores)\n"
-    "  --quiet, --progress      no progress / progress even when stderr is not a terminal\n";
+    "  -q, --quiet, --progress  no progress / progress even when stderr is not a terminal\n";
 
 typedef struct {
     df_train_opts t;
@@ -128,7 +129,7 @@ static void parse_args(int argc, char **argv, options *o)
         {0, 0, 0, 0}};
     df_train_opts *t = &o->t;
     int nc = 0, c, have_tlr = 0, have_alpha = 0;
-    while ((c = getopt_long(argc, argv, "ht:", lo, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "hqt:", lo, NULL)) != -1) {
         switch (c) {
         case 'h': fputs(usage_text, stdout); exit(0);
         case O_MODEL: t->model_dir = optarg; break;
@@ -178,6 +179,7 @@ static void parse_args(int argc, char **argv, options *o)
             break;
         case O_VALSTEPS: o->val_steps = (int)parse_long("--validation-steps", optarg, 1, 1000); break;
         case 't': o->threads = (int)parse_long("--threads", optarg, 1, 1024); break;
+        case 'q':
         case O_QUIET: o->pmode = DF_PROGRESS_NEVER; break;
         case O_PROGRESS: o->pmode = DF_PROGRESS_ALWAYS; break;
         default: df_usage_error("unknown option");
@@ -205,10 +207,12 @@ static void parse_args(int argc, char **argv, options *o)
 static void on_start(void *ctx, long first, long max_steps, size_t entries)
 {
     options *o = ctx;
-    if (first > 0)
-        df_warn("resuming at step %ld of %ld", first, max_steps);
-    fprintf(stderr, "%s: %zu cache entries, steps %ld..%ld\n", df_progname(), entries, first + 1,
-            max_steps);
+    if (first >= max_steps)
+        fprintf(stderr, "%s: the checkpoint is at step %ld already: nothing left to do\n",
+                df_progname(), first);
+    else
+        fprintf(stderr, "%s: %zu cache entries, steps %ld..%ld%s\n", df_progname(), entries,
+                first + 1, max_steps, first > 0 ? " (resumed)" : "");
     df_progress_start(&o->prog, "step", max_steps, o->pmode);
     df_progress_add(&o->prog, first, 0);
 }

@@ -35,7 +35,7 @@ if [ ! -d "$MODEL" ]; then
     exit 0
 fi
 T=$(mktemp -d /tmp/df-test-train-XXXXXX)
-trap 'rm -rf "$T"' EXIT
+trap '[ -n "${KEEP_TEST_DIR:-}" ] || rm -rf "$T"' EXIT
 fails=0
 fail() { echo "FAIL: $*" >&2; fails=$((fails + 1)); }
 # check WHAT COMMAND...: a failure is counted; the status is the command's, so
@@ -227,7 +227,7 @@ check "A: an epoch ends in each step" [ "$(fields A.jsonl epoch | tr '\n' ' ')" 
 check "B to 4: exit 0" [ $? -eq 0 ]
 "$TR" $RES --out B --max-steps 8 --save-every 2 --resume >B2.jsonl 2>B2.err
 check "B resumed to 8: exit 0" [ $? -eq 0 ]
-check "B: says it resumes at 4" grep -q 'resuming at step 4 of 8' B2.err
+check "B: says it resumes at 4" grep -q 'steps 5..8 (resumed)' B2.err
 check "B: steps 5..8 after the resume" [ "$(fields B2.jsonl step | tr '\n' ' ')" = "5 6 7 8 " ]
 "$TR" $RES --out C --max-steps 8 --save-every 1 >C1.jsonl 2>C1.err &
 cpid=$!
@@ -295,6 +295,34 @@ for bad in "--rank 8:rank" "--unet-lr 2e-3:unet_lr" "--seed 5:seed" "--train-tex
 done
 check "another cache's dataset refused on resume" bash -c "'$TR' --model '$MODEL' --cache four --cache rest --rank 4 --unet-lr 1e-3 --out R --max-steps 4 --quiet --resume 2>&1 >/dev/null | grep -q '^df-train: .*dataset'"
 check "refused resumes changed nothing" diff -r R R.before
+# a fresh run into a directory with another run's checkpoints, a resume to
+# before the checkpoint, two runs at once: refused, the run untouched
+"$TR" --model "$MODEL" --cache four --rank 4 --unet-lr 1e-3 --out R --max-steps 4 --quiet >d.out 2>d.err
+check "fresh run over checkpoints: exit 1" [ $? -eq 1 ]
+check "fresh run over checkpoints: message ($(head -1 d.err))" grep -q '^df-train: .*earlier run.*--resume' d.err
+"$TR" --model "$MODEL" --cache four --rank 4 --unet-lr 1e-3 --out R --max-steps 1 --quiet --resume >d.out 2>d.err
+check "resume past --max-steps: exit 1" [ $? -eq 1 ]
+check "resume past --max-steps: message ($(head -1 d.err))" grep -q '^df-train: .*step 2, past --max-steps 1' d.err
+"$TR" --model "$MODEL" --cache four --rank 4 --unet-lr 1e-3 --out R --max-steps 2 --quiet --resume >d.out 2>d.err
+check "resume with nothing left: exit 0" [ $? -eq 0 ]
+check "resume with nothing left: says so" grep -q 'nothing left to do' d.err
+(flock 9; sleep 3) 9>R/.lock &
+sleep 0.5
+"$TR" --model "$MODEL" --cache four --rank 4 --unet-lr 1e-3 --out R --max-steps 4 --quiet --resume >d.out 2>d.err
+check "a second run on the same --out: exit 1" [ $? -eq 1 ]
+check "a second run on the same --out: message ($(head -1 d.err))" grep -q 'in use by another df-train' d.err
+wait
+check "refused runs changed no checkpoint" diff -r R/checkpoint-2 R.before/checkpoint-2
+# text states from the cache (--text-embeddings) train to the same weights
+# as the text encoder run on each batch, caption dropout included
+"$E" --model "$MODEL" --root ds --out fourtext --flip --text-embeddings -q <ds/four.jsonl >/dev/null 2>&1
+for c in four fourtext; do
+    "$TR" --model "$MODEL" --cache "$c" --rank 4 --unet-lr 1e-3 --caption-dropout 0.5 --out "T$c" --max-steps 3 --quiet >"T$c.jsonl" 2>"T$c.err"
+    check "cache $c: exit 0" [ $? -eq 0 ]
+done
+check "cached text states: used" grep -q 'text states from the cache' Tfourtext.err
+check "cached text states: not used without them" sh -c '! grep -q "from the cache" Tfour.err'
+check "cached text states: the same weights" cmp Tfour/checkpoint-3/lora.safetensors Tfourtext/checkpoint-3/lora.safetensors
 lap "errors"
 # usage: exit 2
 "$TR" -h >help.out 2>&1
