@@ -92,7 +92,8 @@ check "summary: 13 records" [ "$(summ a.err records)" = 13 ]
 check "summary: 4 encoded" [ "$(summ a.err encoded)" = 4 ]
 check "summary: 0 cached" [ "$(summ a.err cached)" = 0 ]
 check "summary: 9 failed" [ "$(summ a.err failed)" = 9 ]
-check "output in input order" [ "$(field a.jsonl 4 file_name)" = sub/d.jpg ] && [ "$(field a.jsonl 6 file_name)" = corrupt.jpg ]
+check "output in input order" [ "$(field a.jsonl 4 file_name)" = sub/d.jpg ]
+check "output in input order" [ "$(field a.jsonl 6 file_name)" = corrupt.jpg ]
 for n in 1 2 3 4; do
     check "record $n has no error" [ "$(field a.jsonl $n error)" = "<absent>" ]
     check "record $n not cached" [ "$(field a.jsonl $n cached)" = false ]
@@ -108,9 +109,12 @@ check "absolute refused" grep -q 'inside --root' <(sed -n 9p a.jsonl)
 check "non-string file_name" grep -q 'file_name is not a string' <(sed -n 10p a.jsonl)
 check "malformed line passed on" grep -q '"raw":"this line is not JSON"' <(sed -n 11p a.jsonl)
 check "upstream error kept" grep -q '"error":"failed upstream"' <(sed -n 13p a.jsonl)
-check "fields passed through" [ "$(field a.jsonl 1 source)" = ffhq ] && [ "$(field a.jsonl 1 id)" = 7 ]
-check "stale cache fields replaced" [ "$(field a.jsonl 3 cached)" = false ] && [ "$(field a.jsonl 3 shard)" != stale ]
-check "size field" [ "$(field a.jsonl 1 size)" = "[4, 8, 8]" ] && [ "$(field a.jsonl 1 entries)" = 1 ]
+check "fields passed through" [ "$(field a.jsonl 1 source)" = ffhq ]
+check "fields passed through" [ "$(field a.jsonl 1 id)" = 7 ]
+check "stale cache fields replaced" [ "$(field a.jsonl 3 cached)" = false ]
+check "stale cache fields replaced" [ "$(field a.jsonl 3 shard)" != stale ]
+check "size field" [ "$(field a.jsonl 1 size)" = "[4, 8, 8]" ]
+check "size field" [ "$(field a.jsonl 1 entries)" = 1 ]
 
 $PY - "$MODEL" <<'EOF' || fail "index lines and shard metadata"
 import hashlib, json, os, struct, sys
@@ -147,13 +151,15 @@ check "--strict with failed records exits 1" [ $? -eq 1 ]
 check "rerun: 0 encoded" [ "$(summ a2.err encoded)" = 0 ]
 check "rerun: 4 cached" [ "$(summ a2.err cached)" = 4 ]
 check "rerun: index unchanged" cmp -s index.before A/index.jsonl
-check "rerun: records say cached" [ "$(field a2.jsonl 2 cached)" = true ] && [ "$(field a2.jsonl 2 shard)" = "$(field a.jsonl 2 shard)" ]
+check "rerun: records say cached" [ "$(field a2.jsonl 2 cached)" = true ]
+check "rerun: records say cached" [ "$(field a2.jsonl 2 shard)" = "$(field a.jsonl 2 shard)" ]
 check "rerun: same records otherwise" diff <(sed 's/"cached":true/"cached":false/' a2.jsonl) a.jsonl
 head -4 in.jsonl | "$E" --model "$MODEL" --root ds --out A --strict -q >/dev/null 2>a3.err
 check "--strict without failures exits 0" [ $? -eq 0 ]
 # a changed caption is encoded again (the cache's text must be the dataset's)
 sed '2s/b face/b face, edited/' in.jsonl | head -4 | "$E" --model "$MODEL" --root ds --out A -q >/dev/null 2>a4.err
-check "changed caption re-encoded" [ "$(summ a4.err encoded)" = 1 ] && [ "$(summ a4.err cached)" = 3 ]
+check "changed caption re-encoded" [ "$(summ a4.err encoded)" = 1 ]
+check "changed caption re-encoded" [ "$(summ a4.err cached)" = 3 ]
 "$DUMP" --dump A >A2.dump 2>dump.err
 check "re-encoded entry replaces the old one" [ "$(grep -c file_name A2.dump)" -eq 4 ] && grep -q 'b face, edited' A2.dump
 
@@ -164,7 +170,8 @@ printf '%s\n' '{"file_name":"a.png","text":"portrait of a woman with long red ha
 "$E" --model "$MODEL" --root ds --out F --flip --text-embeddings <flip.jsonl >f.jsonl 2>f.err
 check "--flip exit 0" [ $? -eq 0 ]
 check "--flip: 4 records encoded" [ "$(summ f.err encoded)" = 4 ]
-check "--flip: entries 2" [ "$(field f.jsonl 1 entries)" = 2 ] && [ "$(field f.jsonl 1 flip_index)" = 1 ]
+check "--flip: entries 2" [ "$(field f.jsonl 1 entries)" = 2 ]
+check "--flip: entries 2" [ "$(field f.jsonl 1 flip_index)" = 1 ]
 check "--flip: has_text_embedding" [ "$(field f.jsonl 1 has_text_embedding)" = true ]
 check "--flip: 8 index lines" [ "$(wc -l <F/index.jsonl)" -eq 8 ]
 "$DUMP" --dump F >F.dump 2>dump.err
@@ -267,14 +274,19 @@ p1=$!
 p2=$!
 wait $p1; r1=$?
 wait $p2; r2=$?
-check "both shards exit 0" [ $r1 -eq 0 ] && [ $r2 -eq 0 ]
-check "shard 1/2: 20 records" [ "$(wc -l <s1.jsonl)" -eq 20 ] && [ "$(wc -l <S/index.1-of-2.jsonl)" -eq 20 ]
-check "shard 2/2: 20 records" [ "$(wc -l <s2.jsonl)" -eq 20 ] && [ "$(wc -l <S/index.2-of-2.jsonl)" -eq 20 ]
+check "both shards exit 0" [ $r1 -eq 0 ]
+check "both shards exit 0" [ $r2 -eq 0 ]
+check "shard 1/2: 20 records" [ "$(wc -l <s1.jsonl)" -eq 20 ]
+check "shard 1/2: 20 records" [ "$(wc -l <S/index.1-of-2.jsonl)" -eq 20 ]
+check "shard 2/2: 20 records" [ "$(wc -l <s2.jsonl)" -eq 20 ]
+check "shard 2/2: 20 records" [ "$(wc -l <S/index.2-of-2.jsonl)" -eq 20 ]
 check "shard 1/2 takes lines 0, 2, ..." [ "$(field s1.jsonl 2 file_name)" = k02.png ]
-check "shard file names carry K-of-N" [ -f S/shard-1-of-2-00000.safetensors ] && [ -f S/shard-2-of-2-00000.safetensors ]
+check "shard file names carry K-of-N" [ -f S/shard-1-of-2-00000.safetensors ]
+check "shard file names carry K-of-N" [ -f S/shard-2-of-2-00000.safetensors ]
 "$DUMP" --dump S >S.dump 2>dump.err
 check "the reader opens the sharded cache" [ $? -eq 0 ]
-check "sharded cache: all 40 once" [ "$(grep -o '"file_name":"k[0-9]*.png"' S.dump | sort -u | wc -l)" -eq 40 ] && [ "$(grep -c file_name S.dump)" -eq 40 ]
+check "sharded cache: all 40 once" [ "$(grep -o '"file_name":"k[0-9]*.png"' S.dump | sort -u | wc -l)" -eq 40 ]
+check "sharded cache: all 40 once" [ "$(grep -c file_name S.dump)" -eq 40 ]
 $PY <<'EOF' || fail "sharded cache equals the single-process one"
 import json
 def ents(p):
@@ -284,7 +296,8 @@ assert a.keys() == b.keys()
 assert max(abs(x - y) for k in a for x, y in zip(a[k], b[k])) < 1e-6
 EOF
 "$E" --model "$MODEL" --root ds --out S --resolution 32 --shard 1/2 <k.jsonl >/dev/null 2>s3.err
-check "shard rerun: 0 encoded" [ "$(summ s3.err encoded)" = 0 ] && [ "$(summ s3.err cached)" = 20 ]
+check "shard rerun: 0 encoded" [ "$(summ s3.err encoded)" = 0 ]
+check "shard rerun: 0 encoded" [ "$(summ s3.err cached)" = 20 ]
 
 # --- the index lock: a second writer of the same index is refused ---
 flock A/index.jsonl sleep 3 &
@@ -350,10 +363,12 @@ while IFS= read -r line; do
     bash -c "$line" 2>"ex$ex.err"
     check "example $ex exit 0 ($(tail -1 ex$ex.err))" [ $? -eq 0 ]
 done <examples.sh
-check "example 1: 3 encoded" [ "$(summ ex1.err encoded)" = 3 ] && [ "$(wc -l <latents/index.jsonl)" -eq 3 ]
+check "example 1: 3 encoded" [ "$(summ ex1.err encoded)" = 3 ]
+check "example 1: 3 encoded" [ "$(wc -l <latents/index.jsonl)" -eq 3 ]
 check "example 2: flip + text embeddings" [ "$(wc -l <latents-flip/index.jsonl)" -eq 6 ] && grep -q '"has_text_embedding":true' latents-flip/index.jsonl
 check "example 3: two shard processes" [ "$(cat latents-par/index.*-of-2.jsonl | wc -l)" -eq 3 ]
-check "example 4: a rerun encodes nothing" [ "$(summ ex4.err encoded)" = 0 ] && [ "$(summ ex4.err cached)" = 3 ]
+check "example 4: a rerun encodes nothing" [ "$(summ ex4.err encoded)" = 0 ]
+check "example 4: a rerun encodes nothing" [ "$(summ ex4.err cached)" = 3 ]
 "$DUMP" --dump latents latents-par >/dev/null 2>dump.err
 check "examples' caches merge in the reader" [ $? -eq 0 ]
 cd ..
