@@ -6,7 +6,7 @@
  * backward gives the input gradient through both paths and accumulates the
  * LoRA gradients into p->gA, p->gB; W and b get none (they are frozen).
  * Used by the training graphs of the UNet (lib/unet_train.c) and the text
- * encoder (lib/clip_train.c); tested in tests/unit/test_lora_linear.c
+ * encoder (lib/clip_train.c); tested in tests/unit/test_unet_train.c
  * against the merged weight W + s B A and finite differences. */
 #ifndef DF_LORA_LINEAR_H
 #define DF_LORA_LINEAR_H

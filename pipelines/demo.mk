@@ -1,4 +1,4 @@
-# pipelines/demo.mk - the whole system in a few minutes, with nothing to
+# pipelines/demo.mk - the whole system in about half a minute, with nothing to
 # download: a tiny model of the Stable Diffusion 2.1 architecture with random
 # weights, a synthetic captioned dataset, then pipelines/train.mk: latent
 # cache, LoRA training (the loss printed), samples with and without the LoRA.

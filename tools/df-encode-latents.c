@@ -47,7 +47,7 @@ static const char usage_text[] =
     "  --resolution N       square training size, a multiple of 8 (default: the VAE's\n"
     "                       sample_size)\n"
     "  --flip               also encode the left-right mirror image\n"
-    "  --shard K/N          only records number i (from 0) with i %% N == K-1; several\n"
+    "  --shard K/N          only records number i (from 0) with i % N == K-1; several\n"
     "                       shards may write into one CACHE_DIR at the same time\n"
     "  --text-embeddings    also store the text encoder's embedding of each caption\n"
     "  --batch-size B       images per shard file, the work a kill can lose (default 8)\n"

@@ -4,9 +4,10 @@
  * step-1 gradients).
  *
  * The fixtures' own float32 gradients sit 6.6e-4 to 2.5e-3 (of a tensor's
- * largest value) from float64, mostly in the mid block, whose GroupNorms
- * see two values per group on this tiny model; so tests/check-fixtures can
- * hold gradients only to 3e-3, and the issue's 1e-4 is checked here.
+ * largest value) from float64 at step 1, and up to 1.5e-2 at step 2,
+ * mostly in the mid block, whose GroupNorms see two values per group on
+ * this tiny model; so tests/check-fixtures can hold gradients only to 1e-2,
+ * and the issue's 1e-4 is checked here.
  * Each tensor is held to 1e-4 of its largest value plus 1e-5 of the step's
  * largest gradient (tensors that are zero or nearly so in float64, a
  * one-token self-attention's q and k, get the floor). One file per
