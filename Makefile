@@ -5,7 +5,7 @@
 #   make deps       install the Debian packages the project needs
 #   make install PREFIX=/usr/local
 #   CUDA=1          also compile kernels/*.cu with nvcc into libdf
-# Sources are found by wildcard, so a new lib/*.c, tools/df-*.c,
+# Sources are found by wildcard, so a new lib/<layer>/*.c, tools/df-*.c,
 # tests/unit/test_*.c or tests/tools/test-*.sh needs no edit here.
 
 CC      ?= gcc
@@ -13,7 +13,12 @@ PREFIX  ?= /usr/local
 FIXTURES ?= ../shared/fixtures
 OPT     ?= -O2
 CFLAGS  ?= $(OPT) -g
-CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter -pthread -Ilib
+# lib/ is grouped by layer (base, io, ops, models, train: see README,
+# "Layout"); headers are included by name, so every layer is on the path.
+LIB_DIRS := $(sort $(dir $(wildcard lib/*/*.c lib/*/*.h)))
+LIB_HDR  := $(wildcard lib/*/*.h)
+CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter -pthread \
+           $(addprefix -I,$(LIB_DIRS))
 LDLIBS  += -ljansson -ljpeg -lpng -lcurl -lcrypto -lopenblas -lutf8proc -lz -lm -lpthread
 
 ifeq ($(SAN),1)
@@ -31,16 +36,16 @@ BIN := $(if $(filter 1,$(SAN)),$(BUILD)/bin,bin)
 # reordering any sum (results are bit-identical to -O2).
 CFLAGS_image_resize := -O3
 
-# lib/rng and lib/scheduler reproduce torch's and numpy's float rounding bit for
-# bit: the compiler must not fuse their multiply-adds (GCC's -std=c11 default;
-# clang would contract).
+# lib/base/rng and lib/models/scheduler reproduce torch's and numpy's float
+# rounding bit for bit: the compiler must not fuse their multiply-adds (GCC's
+# -std=c11 default; clang would contract).
 CFLAGS_rng := -ffp-contract=off
 CFLAGS_scheduler := -ffp-contract=off
 CFLAGS_scheduler_ddim := -ffp-contract=off
 CFLAGS_scheduler_euler := -ffp-contract=off
 CFLAGS_scheduler_dpm := -ffp-contract=off
 
-LIB_SRC  := $(wildcard lib/*.c)
+LIB_SRC  := $(wildcard lib/*/*.c)
 LIB_OBJ  := $(patsubst lib/%.c,$(BUILD)/lib/%.o,$(LIB_SRC))
 ifeq ($(CUDA),1)
   NVCC      ?= nvcc
@@ -60,13 +65,13 @@ CHECKFX  := $(if $(filter 1,$(SAN)),$(BUILD)/tests/check-fixtures,tests/check-fi
 .PHONY: all test bench deps install clean demo
 all: $(LIBDF) $(TOOLS) $(HELPERS) $(UNIT) $(CHECKFX)
 
-$(BUILD)/lib/%.o: lib/%.c $(wildcard lib/*.h)
+$(BUILD)/lib/%.o: lib/%.c $(LIB_HDR)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(CFLAGS_$(notdir $(basename $<))) -c -o $@ $<
 
-$(BUILD)/kernels/%.o: kernels/%.cu $(wildcard lib/*.h kernels/*.h)
+$(BUILD)/kernels/%.o: kernels/%.cu $(LIB_HDR) $(wildcard kernels/*.h)
 	@mkdir -p $(dir $@)
-	$(NVCC) -O2 -Ilib -Ikernels -c -o $@ $<
+	$(NVCC) -O2 $(addprefix -I,$(LIB_DIRS)) -Ikernels -c -o $@ $<
 
 $(LIBDF): $(LIB_OBJ)
 	@mkdir -p $(dir $@)

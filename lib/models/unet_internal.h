@@ -1,6 +1,6 @@
 /* unet_internal.h - the UNet's structure (blocks, transformers, bound
- * weight pointers), shared by the inference forward (lib/unet.c) and the
- * training forward/backward (lib/unet_train.c), which walk the same tree.
+ * weight pointers), shared by the inference forward (lib/models/unet.c) and the
+ * training forward/backward (lib/train/unet_train.c), which walk the same tree.
  * Not part of the public API. */
 #ifndef DF_UNET_INTERNAL_H
 #define DF_UNET_INTERNAL_H

@@ -1,7 +1,7 @@
 /* clip_train.h - the CLIP text encoder's forward and backward for LoRA
  * training (train_dreambooth_lora.py's --train_text_encoder): base weights
  * frozen, LoRA beside q_proj, k_proj, v_proj and out_proj of every layer
- * (lib/lora_linear.h), gradients from dLoss/d last_hidden_state back
+ * (lib/train/lora_linear.h), gradients from dLoss/d last_hidden_state back
  * through the final LayerNorm and every layer down to the embeddings
  * (which get none). The forward computes what df_clip_forward computes.
  * Tested against diffusers + peft by tests/check_fixtures/check_train.c. */

@@ -28,7 +28,7 @@ int df_ops_simd(void);
 /* 3x3 stride-1 convolutions (padded 1 left and right, 0 or 1 top and bottom)
  * by Winograd's minimal filtering: -1 where it pays (the default: F(4x4, 3x3)
  * for outputs from 40x40 up, F(2x2, 3x3) from 12x12 up, both with 32
- * channels or more, see lib/ops_winograd.c), 0 never (the im2col GEMM),
+ * channels or more, see lib/ops/ops_winograd.c), 0 never (the im2col GEMM),
  * 2 or 4: F(2x2, 3x3) or F(4x4, 3x3) wherever it applies (1 is taken as 2).
  * Setting it is for tests and benchmarks. */
 void df_ops_set_winograd(int mode);

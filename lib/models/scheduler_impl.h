@@ -1,4 +1,4 @@
-/* scheduler_impl.h - private to lib/scheduler*.c: the scheduler object and
+/* scheduler_impl.h - private to lib/models/scheduler*.c: the scheduler object and
  * the per-family step functions. Not part of the library API. */
 #ifndef DF_SCHEDULER_IMPL_H
 #define DF_SCHEDULER_IMPL_H

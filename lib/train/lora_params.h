@@ -1,20 +1,20 @@
 /* lora_params.h - the trainable LoRA parameter set of df-train: which base
  * weights get an adapter, the A/B values and their gradients in one block
  * each, initialisation, and loading/saving in the three LoRA key formats
- * that lib/lora.c reads.
+ * that lib/models/lora.c reads.
  *
  * Math (peft): y = W x + b + (alpha/rank) * B (A x), A = lora_A = "down"
  * (rank, in), B = lora_B = "up" (out, rank).
  *
  * alpha in files: kohya files store it (".alpha" per module); PEFT and
- * diffusers files do not, and every tool (diffusers, peft, lib/lora.c) loads
+ * diffusers files do not, and every tool (diffusers, peft, lib/models/lora.c) loads
  * them with alpha = rank. So df_lora_set_save writes PEFT/diffusers files
  * with B multiplied by alpha/rank (the same function at factor 1), and
  * df_lora_set_load divides a B read from a file without alpha by alpha/rank.
  * With alpha == rank nothing is scaled. A file with an explicit alpha that
  * differs from the set's is refused.
  * Tested by tests/unit/test_lora_params.c (fixture model, the fixtures'
- * three LoRA files, round trips through lib/lora.c's merge). */
+ * three LoRA files, round trips through lib/models/lora.c's merge). */
 #ifndef DF_LORA_PARAMS_H
 #define DF_LORA_PARAMS_H
 
@@ -79,7 +79,7 @@ typedef enum { DF_LORA_FMT_PEFT, DF_LORA_FMT_DIFFUSERS, DF_LORA_FMT_KOHYA } df_l
  * A name that does not fit in cap gives "". */
 void df_lora_key(char *buf, size_t cap, const df_lora_param *p, int which, df_lora_format fmt);
 
-/* Set A and B of every parameter from a LoRA file in any format lib/lora.c
+/* Set A and B of every parameter from a LoRA file in any format lib/models/lora.c
  * reads (peft lora_A/lora_B with optional base_model.model. prefixes and
  * .default adapter name, diffusers lora.down/up, lora_linear_layer.down/up
  * and the attention-processor form, kohya lora_down/lora_up/alpha). Every

@@ -259,7 +259,7 @@ void df_lora_key(char *buf, size_t cap, const df_lora_param *p, int which, df_lo
 
 /* ---- loading ---- */
 
-/* Name endings of the A (0) and B (1) halves and alpha (2), as lib/lora.c
+/* Name endings of the A (0) and B (1) halves and alpha (2), as lib/models/lora.c
  * sorts them. The processor form "<attn>.processor.to_q_lora.down.weight"
  * ends in "_lora..." and is renamed by module_of(). */
 static const struct { const char *suffix; int which; } suffixes[] = {

@@ -4,7 +4,7 @@
  * layer (to the LoRA parameters of the attention projections and to the
  * text states that feed the cross-attention) and computes no weight
  * gradient of its own. The LoRA runs beside its frozen linear, unmerged,
- * as peft computes it (lib/lora_linear.h).
+ * as peft computes it (lib/train/lora_linear.h).
  *
  * The forward keeps what the backward reads, per unit (conv_in, each
  * resnet, each transformer, each down/up-sampler, the output head). With

@@ -1,6 +1,6 @@
 /* lora_linear.c - forward and backward of a frozen linear plus LoRA (see
  * lora_linear.h). The rank-r path is two thin GEMMs through the ops of
- * lib/ops.h and lib/ops_backward.h, in peft's order of operations: the
+ * lib/ops/ops.h and lib/ops/ops_backward.h, in peft's order of operations: the
  * LoRA term is computed whole, then scaled and added (result + t * s). */
 #include "lora_linear.h"
 

@@ -1,5 +1,5 @@
 /* image_resize.c - separable Lanczos-3 resampling, crops and the fit modes
- * (center crop, pad, longest side) of lib/image.h.
+ * (center crop, pad, longest side) of lib/io/image.h.
  *
  * The filter follows Pillow's Image.LANCZOS: output sample i of n covering
  * the input interval [in0, in1) is centered at in0 + (i + 0.5) * scale with

@@ -3,8 +3,8 @@
  * output, they give the gradients with respect to its inputs and weights.
  *
  * As in ops.h, every op comes as a plain reference, `df_<op>_backward_ref`
- * (lib/ops_backward_ref.c, loops with double sums, written for reading), and
- * the version the models call, `df_<op>_backward` (lib/ops_backward.c: BLAS,
+ * (lib/ops/ops_backward_ref.c, loops with double sums, written for reading), and
+ * the version the models call, `df_<op>_backward` (lib/ops/ops_backward.c: BLAS,
  * threads), tested against it on random inputs; the references are tested
  * against central finite differences of the forward references
  * (tests/unit/test_ops_backward.c).

@@ -1,6 +1,6 @@
 /* unet_train.c - forward with kept activations and backward of the UNet
- * (see unet_train.h), walking the structure that lib/unet.c builds
- * (lib/unet_internal.h).
+ * (see unet_train.h), walking the structure that lib/models/unet.c builds
+ * (lib/models/unet_internal.h).
  *
  * The forward is a list of units in execution order, each with the units
  * that produced its input: conv_in, resnets (up-path resnets take
@@ -600,7 +600,7 @@ static void unit_bwd(df_unet_train *t, int ki, float *d_ehs)
 
 /* ----------------------------------------------------- graph building */
 
-/* Append the units of the forward walk (as lib/unet.c's forward). */
+/* Append the units of the forward walk (as lib/models/unet.c's forward). */
 static void build_units(df_unet_train *t)
 {
     df_unet *u = t->u;

@@ -8,7 +8,7 @@
  *     loss   = mean((pred - target)^2)                 (min-SNR: mean_b(w_b * mean_chw))
  * then the backward through the UNet and, when trained, the text encoder,
  * accumulating into the LoRA set's gradients (scaled by loss_scale, the
- * 1/accumulation factor). The optimizer step is the caller's (lib/optim.h).
+ * 1/accumulation factor). The optimizer step is the caller's (lib/train/optim.h).
  * Checked against refs/train_lora_* by tests/check_fixtures/check_train.c. */
 #ifndef DF_TRAIN_STEP_H
 #define DF_TRAIN_STEP_H

@@ -1,6 +1,6 @@
-/* ops_internal.h - what lib/ops.c shares with the other files of the op set
- * (lib/ops_winograd.c): its thread runner and its GEMM. Not part of the
- * public API: nothing outside lib/ops*.c includes this. */
+/* ops_internal.h - what lib/ops/ops.c shares with the other files of the op set
+ * (lib/ops/ops_winograd.c): its thread runner and its GEMM. Not part of the
+ * public API: nothing outside lib/ops/ops*.c includes this. */
 #ifndef DF_OPS_INTERNAL_H
 #define DF_OPS_INTERNAL_H
 
@@ -40,7 +40,7 @@ int df_ops_gemm_packed(int M, int N, int K, const float *A, size_t lda, const fl
 
 /* Winograd F(m x m, 3x3), m = 2 or 4, for a 3x3, stride 1 convolution padded
  * by 1 left and right and by pad_t, pad_b (0 or 1) top and bottom
- * (lib/ops_winograd.c): the m the automatic choice takes for this output
+ * (lib/ops/ops_winograd.c): the m the automatic choice takes for this output
  * size (0: the direct path), and the convolution itself (0, or -1 when
  * scratch memory could not be had). */
 int df_conv2d_winograd_pays(int C, int OH, int OW, int OC);

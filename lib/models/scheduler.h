@@ -33,7 +33,7 @@ typedef struct df_scheduler df_scheduler;
 typedef enum { DF_PRED_EPSILON, DF_PRED_V, DF_PRED_SAMPLE } df_pred_type;
 
 /* Draws n standard normal floats into out (the tensor diffusers' step() draws
- * with randn_tensor). lib/rng's df_rng_noise_fn fits; a checker can replay
+ * with randn_tensor). lib/base/rng's df_rng_noise_fn fits; a checker can replay
  * stored noise instead. */
 typedef df_status (*df_noise_fn)(void *ctx, float *out, size_t n);
 

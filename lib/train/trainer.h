@@ -7,11 +7,11 @@
  * be shorter), latents drawn from the cached posterior
  * (mean + exp(logvar/2) * randn, times the VAE's scaling factor), noise
  * (plus noise_offset * randn per channel), uniform timesteps, the loss and
- * gradients of lib/train_step.h, gradient accumulation, clipping, AdamW
+ * gradients of lib/train/train_step.h, gradient accumulation, clipping, AdamW
  * with one learning rate for the UNet's parameters and one for the text
  * encoder's, and a learning-rate schedule.
  *
- * Every random draw comes from one torch-compatible generator (lib/rng.h)
+ * Every random draw comes from one torch-compatible generator (lib/base/rng.h)
  * seeded once; its state, the epoch's order and the position in it are in
  * every checkpoint, so a resumed run continues with exactly the draws the
  * uninterrupted run would have made: on the CPU, with the same thread

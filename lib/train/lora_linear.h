@@ -2,11 +2,11 @@
  * peft's lora.Linear computes it:
  *     y = x W^T + b + s * ((x A^T) B^T)        s = alpha / rank
  * A = lora_A (r,C), B = lora_B (OC,r) come from a df_lora_param
- * (lib/lora_params.h) of a set of rank r; with p NULL the layer is the plain linear. The
+ * (lib/train/lora_params.h) of a set of rank r; with p NULL the layer is the plain linear. The
  * backward gives the input gradient through both paths and accumulates the
  * LoRA gradients into p->gA, p->gB; W and b get none (they are frozen).
- * Used by the training graphs of the UNet (lib/unet_train.c) and the text
- * encoder (lib/clip_train.c); tested in tests/unit/test_unet_train.c
+ * Used by the training graphs of the UNet (lib/train/unet_train.c) and the text
+ * encoder (lib/train/clip_train.c); tested in tests/unit/test_unet_train.c
  * against the merged weight W + s B A and finite differences. */
 #ifndef DF_LORA_LINEAR_H
 #define DF_LORA_LINEAR_H

@@ -1,4 +1,4 @@
-/* clip.c - CLIPTextModel forward (transformers 4.40) on the ops of lib/ops.
+/* clip.c - CLIPTextModel forward (transformers 4.40) on the ops of lib/ops/ops.
  *
  * Every size comes from config.json; weights are looked up by their
  * transformers names in the df_weights table on each forward (a LoRA merge

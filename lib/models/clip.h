@@ -1,6 +1,6 @@
 /* clip.h - the CLIP text encoder (transformers' CLIPTextModel) of a diffusers
  * `text_encoder/` folder: config.json for every size, weights through
- * lib/weights (F32, F16 or BF16 files).
+ * lib/io/weights (F32, F16 or BF16 files).
  *
  * Forward for token ids (B,T): token + position embeddings, num_hidden_layers
  * pre-LayerNorm transformer layers with a causal mask and no padding mask
