@@ -6,7 +6,7 @@
  * with "text" and "caption_model" added, or with "error". Two threads: a
  * reader thread reads records, selects them (--start/--end, --shard,
  * --resume) and prepares request bodies (file read, optional --max-side
- * downscale, base64); the main thread drives the lib/http pool (N requests
+ * downscale, base64); the main thread drives the lib/io/http pool (N requests
  * in flight, retries, rate limit) and writes every finished record as one
  * whole line. SIGINT/SIGTERM: in-flight and prepared records are written
  * with error "interrupted" (so --resume retries them), then exit 1.

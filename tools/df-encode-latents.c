@@ -1,6 +1,6 @@
 /* df-encode-latents - VAE-encode a dataset's images (and optionally embed
  * their captions) into a latent cache that df-train reads. See
- * man/df-encode-latents.1; the cache layout is in lib/latent_cache.h.
+ * man/df-encode-latents.1; the cache layout is in lib/io/latent_cache.h.
  *
  * Flow: records are read in order; each selected one (--shard) is checked,
  * looked up in the cache (a hit needs no work), else decoded, center-cropped

@@ -1,7 +1,7 @@
 /* df-train - LoRA fine-tuning of a Stable Diffusion 2.x UNet (and optionally
  * its text encoder) on a latent cache made by df-encode-latents.
  *
- * Flags in, lib/trainer.c does the work; this file prints one JSON record
+ * Flags in, lib/train/trainer.c does the work; this file prints one JSON record
  * per optimizer step on stdout (step, epoch, loss, lr per group, grad norm,
  * images/s, seconds), progress on stderr, and runs the validation prompts
  * with the sampling pipeline on each saved checkpoint. Tested by

@@ -1,4 +1,4 @@
-/* check_pipeline.c - checks lib/pipeline end to end against
+/* check_pipeline.c - checks lib/models/pipeline end to end against
  * refs/pipeline_*.safetensors (and the PNGs beside them): diffusers'
  * StableDiffusionPipeline run from stored initial latents.
  *

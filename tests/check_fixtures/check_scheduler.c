@@ -1,4 +1,4 @@
-/* check_scheduler.c - checks lib/scheduler against refs/schedulers/<name>_<v|eps>.safetensors,
+/* check_scheduler.c - checks lib/models/scheduler against refs/schedulers/<name>_<v|eps>.safetensors,
  * the step-by-step traces of diffusers 0.27.2 (MANIFEST call:
  * Cls.from_config(pipe.scheduler.config, prediction_type=...), set_timesteps(S),
  * x = x_T * init_noise_sigma, then per step model_input = scale_model_input(x),

@@ -1,4 +1,4 @@
-/* check_text_encoder.c - checks lib/clip (and lib/tokenizer on the
+/* check_text_encoder.c - checks lib/models/clip (and lib/models/tokenizer on the
  * MANIFEST prompts) against refs/text_encoder.safetensors, transformers'
  * CLIPTextModel(input_ids, output_hidden_states=True).
  *

@@ -1,4 +1,4 @@
-/* check_tokenizer.c - checks lib/tokenizer against refs/tokenizer_cases.jsonl
+/* check_tokenizer.c - checks lib/models/tokenizer against refs/tokenizer_cases.jsonl
  * (transformers' CLIPTokenizer on every case): input_ids and attention_mask
  * (the padded, truncated pipeline call), the untruncated length and the BPE
  * token strings must be identical. Prints one line for the file and one
@@ -83,7 +83,7 @@ static int check_case(const cf_ctx *c, const df_tokenizer *t, const json_t *rec,
     return fail;
 }
 
-/* The cases, one JSON object a line. Read here rather than with lib/jsonl
+/* The cases, one JSON object a line. Read here rather than with lib/base/jsonl
  * because a case holds "\u0000", which needs JSON_ALLOW_NUL. */
 static json_t *read_cases(const char *path)
 {

@@ -1,4 +1,4 @@
-/* check_unet.c - checks lib/unet against refs/unet.safetensors, diffusers'
+/* check_unet.c - checks lib/models/unet against refs/unet.safetensors, diffusers'
  * UNet2DConditionModel(sample, timesteps, encoder_hidden_states).sample.
  *
  * Lines: time_proj and time_embedding (the time conditioning alone), out

@@ -1,4 +1,4 @@
-/* check_vae.c - checks lib/vae against refs/vae.safetensors, diffusers'
+/* check_vae.c - checks lib/models/vae against refs/vae.safetensors, diffusers'
  * AutoencoderKL: moments = quant_conv(encoder(image)), the posterior's mean,
  * logvar (clamped) and std, decoded = decode(latents) and
  * decoded_scaled_input = decode(latents / scaling_factor), where the scaling

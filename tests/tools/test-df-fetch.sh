@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# test-df-fetch.sh - df-fetch and lib/http against tests/servers/file_server.py
+# test-df-fetch.sh - df-fetch and lib/io/http against tests/servers/file_server.py
 # on 127.0.0.1. Every assertion is made from the records, the files on disk
 # and the server's own request log: retries as configured and no more,
 # Retry-After honored (request gap), the rate limit over a window, Range

@@ -1,4 +1,4 @@
-/* test_checkpoint.c - lib/checkpoint: a LoRA set on the fixture model with
+/* test_checkpoint.c - lib/train/checkpoint: a LoRA set on the fixture model with
  * random params, moments, a generator advanced by a random number of draws
  * (with a cached normal), an order and a configuration is saved and loaded
  * into fresh objects bit for bit (the next draws of the generator are the

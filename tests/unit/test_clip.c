@@ -1,4 +1,4 @@
-/* test_clip.c - lib/clip against a plain double-precision CLIPTextModel
+/* test_clip.c - lib/models/clip against a plain double-precision CLIPTextModel
  * written here from the transformers definition, on small random models
  * written to temporary folders: gelu and quick_gelu, both pooling rules,
  * F16 weights (the "fp16" variant), a weight changed through df_weights_mut

@@ -1,4 +1,4 @@
-/* test_http.c - lib/http pieces that stand alone: Retry-After parsing (delta
+/* test_http.c - lib/io/http pieces that stand alone: Retry-After parsing (delta
  * seconds and the three HTTP-date forms), backoff bounds, the rate limiter's
  * window guarantee, URL redaction; and the pool itself against a one-thread
  * canned-response server on 127.0.0.1 (retries counted, Retry-After and a

@@ -1,4 +1,4 @@
-/* test_image.c - lib/image: every decoder path on images this test writes
+/* test_image.c - lib/io/image: every decoder path on images this test writes
  * itself with libjpeg and libpng (baseline, progressive, grayscale, CMYK
  * with and without Adobe inversion, YCCK, EXIF orientations 1-8 in both
  * byte orders; PNG 1/4/8/16-bit, palette + tRNS, gray + alpha, RGBA,

@@ -1,4 +1,4 @@
-/* test_jsonl.c - lib/jsonl: malformed lines become error records with the
+/* test_jsonl.c - lib/base/jsonl: malformed lines become error records with the
  * line number, long lines survive, records round-trip whole. */
 #include <signal.h>
 #include <string.h>

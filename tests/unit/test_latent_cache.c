@@ -1,4 +1,4 @@
-/* test_latent_cache.c - lib/latent_cache:
+/* test_latent_cache.c - lib/io/latent_cache:
  *  - df_latent_encode (the tool's path after the pixel conversion) on the
  *    fixture reference's exact input image gives its mean and logvar
  *    (refs/vae.safetensors, 1e-4 relative); df_latent_pixels' mapping and

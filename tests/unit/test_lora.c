@@ -1,4 +1,4 @@
-/* test_lora.c - lib/lora: the same LoRA in PEFT, diffusers and kohya format
+/* test_lora.c - lib/models/lora: the same LoRA in PEFT, diffusers and kohya format
  * (the fixtures' lora/ folder) merges into identical weights, equal to
  * W + scale * (alpha/r) * B @ A computed here independently; every tensor is
  * accounted for; unknown tensors are named; a LoRA that does not fit the

@@ -1,8 +1,8 @@
-/* test_lora_params.c - lib/lora_params on the fixture model: the set has
+/* test_lora_params.c - lib/train/lora_params on the fixture model: the set has
  * exactly the fixtures' LoRA parameters (MANIFEST lora_param_keys, named by
  * df_lora_key in diffusers format, with their shapes); the fixtures' PEFT,
  * diffusers and kohya files load to identical values; files saved in each
- * format have the fixtures' key names and merge through lib/lora.c into
+ * format have the fixtures' key names and merge through lib/models/lora.c into
  * W + (alpha/r) B A computed here (alpha = rank and alpha != rank); bad
  * ranks, targets, alphas and files fail with errors naming the cause; the
  * initialisations have the right statistics. */
@@ -159,7 +159,7 @@ static void randomize(df_lora_set *s, uint64_t seed)
         s->params[i] *= 0.1f;
 }
 
-/* Save s in fmt, merge the file with lib/lora.c into fresh weights, and
+/* Save s in fmt, merge the file with lib/models/lora.c into fresh weights, and
  * compare every adapted weight with W + (alpha/r) B A from s itself; then
  * load the file back into a set with s's rank and alpha. */
 static void round_trip(const df_lora_set *s, df_lora_format fmt, const char *name)
@@ -466,7 +466,7 @@ int main(void)
     for (int f = 0; f < 3; f++)
         df_lora_set_free(&s[f]);
 
-    /* Merges through lib/lora.c: alpha = rank, 2 * rank, 1.5 * rank. */
+    /* Merges through lib/models/lora.c: alpha = rank, 2 * rank, 1.5 * rank. */
     const float alphas[] = {4, 8, 6};
     for (int a = 0; a < 3; a++) {
         df_lora_set t;

@@ -1,4 +1,4 @@
-/* test_nn.c - lib/nn pieces that the fixture checkers reach only at small
+/* test_nn.c - lib/models/nn pieces that the fixture checkers reach only at small
  * sizes: the banded nearest-upsample + 3x3 conv against the whole-map
  * composition of the reference ops (several bands, exact 2x and the
  * skip-sized 2H-1 case, one image and a batch), the downsampler's output

@@ -1,5 +1,5 @@
-/* test_ops.c - every optimized op in lib/ops.c against its reference in
- * lib/ops_ref.c on random inputs (fixed seed), odd sizes included, with a
+/* test_ops.c - every optimized op in lib/ops/ops.c against its reference in
+ * lib/ops/ops_ref.c on random inputs (fixed seed), odd sizes included, with a
  * per-op tolerance; prints the max error per case. A few references are also
  * checked against values worked out by hand (identity conv, one-key
  * attention, known GELU/SiLU values, a timestep embedding computed in numpy

@@ -1,4 +1,4 @@
-/* test_ops_backward.c - the backward ops of lib/ops_backward.h.
+/* test_ops_backward.c - the backward ops of lib/ops/ops_backward.h.
  *
  * 1. Each reference backward (ops_backward_ref.c) against central finite
  *    differences of the forward reference (ops_ref.c): for a random R the

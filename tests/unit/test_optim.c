@@ -1,4 +1,4 @@
-/* test_optim.c - lib/optim against the fixtures' training references
+/* test_optim.c - lib/train/optim against the fixtures' training references
  * (refs/train_lora_*.safetensors, fixtures README B8): the stored gradients
  * fed through df_adamw over the whole LoRA set must give torch 1.13's AdamW
  * moments and parameters after one and two steps (bit-exact is expected;

@@ -1,4 +1,4 @@
-/* test_rng.c - lib/rng against torch: the draws in ../shared/rng
+/* test_rng.c - lib/base/rng against torch: the draws in ../shared/rng
  * (torch.randn with a seeded CPU generator, torch 1.13: scalar path below 16
  * elements, the vectorised path above, tails, 64-bit seeds, and a second
  * draw continuing the first's stream), the values the rng README quotes, and

@@ -1,4 +1,4 @@
-/* test_safetensors.c - lib/safetensors: F16/BF16 conversions against a
+/* test_safetensors.c - lib/io/safetensors: F16/BF16 conversions against a
  * nearest-neighbour reference, writer/reader round trip of every dtype, the
  * real fixture files (F32 vs F16 UNet, kohya .alpha scalars), and a table of
  * malformed headers that must each fail cleanly with a message. */

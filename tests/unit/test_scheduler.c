@@ -1,4 +1,4 @@
-/* test_scheduler.c - lib/scheduler: config errors name their cause, the SD
+/* test_scheduler.c - lib/models/scheduler: config errors name their cause, the SD
  * 2.1 schedule's known values, step formulas against values computed by hand
  * (in double) on tiny trained_betas schedules, add_noise / get_velocity, and
  * the calling contract (order, sizes, noise source). The full diffusers

@@ -1,4 +1,4 @@
-/* test_tokenizer.c - lib/tokenizer edge cases the fixture cases do not
+/* test_tokenizer.c - lib/models/tokenizer edge cases the fixture cases do not
  * cover: empty and all-"!" prompts, truncation of very long input, invalid
  * UTF-8 and NUL bytes (defined behaviour: dropped, as Python drops U+FFFD
  * and U+0000), oversize text, Python's str.lower specials, load errors, and

@@ -1,4 +1,4 @@
-/* test_unet.c - lib/unet on bad input and on properties the fixture checker
+/* test_unet.c - lib/models/unet on bad input and on properties the fixture checker
  * does not cover: a config whose channel count does not match the weights
  * (the error names the tensor), layers_per_block too small for the file
  * (the unexpected tensor is named), unsupported or malformed config values,

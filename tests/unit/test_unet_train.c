@@ -1,5 +1,5 @@
-/* test_unet_train.c - the training graphs of lib/unet_train.c,
- * lib/clip_train.c and lib/lora_linear.c on the fixture model:
+/* test_unet_train.c - the training graphs of lib/train/unet_train.c,
+ * lib/train/clip_train.c and lib/train/lora_linear.c on the fixture model:
  * - the training forwards compute what the inference forwards compute;
  * - gradient checkpointing gives bit-identical gradients;
  * - the LoRA gradients and the text-state gradient match central finite

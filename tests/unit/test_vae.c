@@ -1,4 +1,4 @@
-/* test_vae.c - lib/vae on bad input and on what the fixture checker does not
+/* test_vae.c - lib/models/vae on bad input and on what the fixture checker does not
  * cover: a config whose channel count does not match the weights (the error
  * names the tensor), unsupported block types, a missing weight file; a
  * weight file in the pre-0.14 attention naming (query/key/value/proj_attn,

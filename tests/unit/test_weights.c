@@ -1,4 +1,4 @@
-/* test_weights.c - lib/weights: views vs converted copies (F32, F16 fixture
+/* test_weights.c - lib/io/weights: views vs converted copies (F32, F16 fixture
  * UNet, BF16, misaligned F32), the conversion cache, copy-on-write through
  * df_weights_mut, shape/name errors, and the component-folder lookup. */
 #include <string.h>
