@@ -22,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "http.h"
@@ -60,9 +61,10 @@ static const char usage_text[] =
     "      --max-tokens N     max_tokens sent (default 512; 0: not sent)\n"
     "      --temperature T    temperature sent (default: not sent, the server's)\n"
     "      --max-side N       downscale so the longest side is <= N, re-encode JPEG\n"
+    "      --max-pixels N     refuse images with more pixels, from the header (default 100000000)\n"
     "      --start I          first record index to caption, 0-based (default 0)\n"
     "      --end I            stop before record index I (default: all)\n"
-    "      --shard K/N        only records with index %% N == K-1\n"
+    "      --shard K/N        only records with index % N == K-1\n"
     "      --shard-by index|name  shard by record index (default) or by a hash of file_name\n"
     "      --resume FILE      skip file_names already captioned in FILE (text, no error)\n"
     "      --pending          send nothing: write the selected records that still\n"
@@ -70,6 +72,7 @@ static const char usage_text[] =
     "      --retries N        retries on 429, 5xx and transport errors (default 3)\n"
     "      --retry-wait S     first backoff in seconds, doubling (default 1)\n"
     "      --timeout S        per-attempt timeout in seconds (default 120)\n"
+    "      --keep-order       write records in input order (default: as they complete)\n"
     "      --strict           exit 1 if any record failed\n"
     "  -q, --quiet            no progress line, no summary\n"
     "      --progress         progress line even when stderr is not a terminal\n"
@@ -80,7 +83,8 @@ typedef enum { SHARD_BY_INDEX, SHARD_BY_NAME } shard_mode;
 typedef struct {
     const char *root, *endpoint, *model, *api_key_env, *prompt, *resume;
     char *prompt_owned;             /* --prompt-file's text, freed at the end */
-    bool no_auth, strict, pending_only;
+    bool no_auth, strict, pending_only, keep_order;
+    unsigned long long max_pixels;
     int jobs, max_tokens, max_side, retries, shard_k, shard_n;
     double rpm, temperature, timeout, retry_wait;
     bool has_temperature;
@@ -246,8 +250,8 @@ static df_status build_body(const body_template *t, const char *mime, const uint
 
 /* Downscale so that the longest side is at most max_side and re-encode as
  * JPEG; *out == NULL when the image is already small enough. */
-static df_status shrink_image(const uint8_t *buf, size_t n, int max_side, uint8_t **out,
-                              size_t *out_n)
+static df_status shrink_image(const uint8_t *buf, size_t n, int max_side,
+                              const df_image_limits *lim, uint8_t **out, size_t *out_n)
 {
     *out = NULL;
     int w, h;
@@ -261,7 +265,7 @@ static df_status shrink_image(const uint8_t *buf, size_t n, int max_side, uint8_
     df_image full = {0}, small = {0};
     /* DCT-scaled decode to at least twice the target keeps the resample
      * antialiased while skipping most of a big JPEG's decoding work. */
-    st = df_image_decode_mem_scaled(buf, n, NULL, 2 * tw, 2 * th, &full);
+    st = df_image_decode_mem_scaled(buf, n, lim, 2 * tw, 2 * th, &full);
     if (st == DF_OK)
         st = df_image_resize(&full, tw, th, &small);
     if (st == DF_OK)
@@ -284,12 +288,20 @@ static df_status prepare_body(const options *o, const body_template *t, const ch
     if (st != DF_OK)
         return st;
     df_image_format fmt = df_image_sniff(buf, n);
+    int w = 0, h = 0;
+    /* The header is checked before anything is sent: a broken header, or a
+     * size no decoder here would accept (df-resize's limit), fails the
+     * record instead of being "captioned" by a server that never saw it. */
     if (fmt == DF_IMAGE_UNKNOWN)
         st = df_fail(DF_ERR_FORMAT, "not a JPEG or PNG image");
-    else if (o->max_side > 0)
-        st = shrink_image(buf, n, o->max_side, &small, &small_n);
     else
-        st = df_image_probe_mem(buf, n, NULL, NULL, NULL);   /* catch broken headers early */
+        st = df_image_probe_mem(buf, n, NULL, &w, &h);
+    if (st == DF_OK && (uint64_t)w * (uint64_t)h > o->max_pixels)
+        st = df_fail(DF_ERR_RANGE, "image too large: %dx%d exceeds the limit of %llu pixels",
+                     w, h, o->max_pixels);
+    df_image_limits lim = {o->max_pixels};
+    if (st == DF_OK && o->max_side > 0)
+        st = shrink_image(buf, n, o->max_side, &lim, &small, &small_n);
     if (st == DF_OK && small)
         st = build_body(t, "image/jpeg", small, small_n, body, len);
     else if (st == DF_OK)
@@ -335,6 +347,7 @@ typedef struct item {
     json_t *rec;
     char *body;
     size_t body_len;
+    long long seq;        /* input position among the items, set when popped */
     struct item *next;
 } item;
 
@@ -501,23 +514,50 @@ static void *reader_main(void *arg)
 
 /* ---- responses ---------------------------------------------------------- */
 
+/* One record on its way through the pool. The body is kept for a resend:
+ * a 200 whose body is cut or unusable is a transport fault the pool cannot
+ * see, so df-caption sends it again itself. */
+typedef struct sendctx {
+    json_t *rec;
+    char *body;
+    size_t body_len;
+    long long seq;
+    int attempts;             /* requests made for this record so far */
+    int resends;              /* of which df-caption's own resends */
+    double not_before;        /* while waiting in run_state.delayed */
+    struct sendctx *next;
+} sendctx;
+
 typedef struct {
     const options *o;
     const char *api_key;      /* scrubbed from any error text we record */
     df_progress progress;
     long long captioned, failed;
     bool write_failed;
+    long long next_seq;       /* seq of the next item popped from the queue */
+    sendctx *delayed;         /* resends waiting for their backoff */
+    size_t n_delayed;
+    /* --keep-order: finished records held until those before them are out;
+     * slot seq % held_cap, for seq in [next_out, next_out + held_cap). */
+    long long next_out;
+    json_t **held;
+    bool *held_failed;
+    size_t held_cap;
 } run_state;
 
 static run_state *g_run;
 
-/* The caption in an OpenAI chat-completions response, or NULL with *why. */
-static char *caption_of(const char *body, size_t len, const char **why)
+/* The caption in an OpenAI chat-completions response, or NULL with *why;
+ * *again: the failure is worth a resend (a cut or malformed body, no
+ * choices: a server or transport hiccup, not an answer about the image). */
+static char *caption_of(const char *body, size_t len, const char **why, bool *again)
 {
     json_error_t jerr;
     json_t *resp = json_loadb(body, len, 0, &jerr);
+    *again = false;
     if (!resp) {
         *why = "malformed JSON response";
+        *again = true;
         return NULL;
     }
     json_t *choices = json_object_get(resp, "choices");
@@ -526,7 +566,7 @@ static char *caption_of(const char *body, size_t len, const char **why)
     const char *s = json_string_value(content);
     char *out = NULL;
     if (!json_is_array(choices) || json_array_size(choices) == 0)
-        *why = "empty choices";
+        *why = "empty choices", *again = true;
     else if (!s)
         *why = "no message content in the response";
     else {
@@ -578,7 +618,7 @@ static void scrub_secret(char *s, const char *secret)
     }
 }
 
-static void emit(run_state *rs, json_t *rec, bool failed)
+static void write_rec(run_state *rs, json_t *rec, bool failed)
 {
     if (failed)
         rs->failed++;
@@ -592,14 +632,92 @@ static void emit(run_state *rs, json_t *rec, bool failed)
     }
 }
 
+/* Make room in the --keep-order window for seq. */
+static bool held_reserve(run_state *rs, long long seq)
+{
+    size_t need = (size_t)(seq - rs->next_out) + 1;
+    if (need <= rs->held_cap)
+        return true;
+    size_t cap = rs->held_cap ? rs->held_cap : 16;
+    while (cap < need)
+        cap *= 2;
+    json_t **h = calloc(cap, sizeof *h);
+    bool *f = calloc(cap, sizeof *f);
+    if (!h || !f) {
+        free(h);
+        free(f);
+        return false;
+    }
+    for (size_t i = 0; i < rs->held_cap; i++) {
+        long long s = rs->next_out + (long long)i;
+        h[s % (long long)cap] = rs->held[s % (long long)rs->held_cap];
+        f[s % (long long)cap] = rs->held_failed[s % (long long)rs->held_cap];
+    }
+    free(rs->held);
+    free(rs->held_failed);
+    rs->held = h;
+    rs->held_failed = f;
+    rs->held_cap = cap;
+    return true;
+}
+
+/* Write a finished record: at once, or with --keep-order once every record
+ * before it (by seq) is out. The caller keeps its reference to rec. The
+ * window stays small: the pool holds at most 2 * jobs records. */
+static void emit(run_state *rs, json_t *rec, bool failed, long long seq)
+{
+    if (!rs->o->keep_order) {
+        write_rec(rs, rec, failed);
+        return;
+    }
+    if (!held_reserve(rs, seq)) {
+        df_error("out of memory holding records for --keep-order");
+        rs->write_failed = true;
+        g_stop = 1;
+        return;
+    }
+    rs->held[seq % (long long)rs->held_cap] = json_incref(rec);
+    rs->held_failed[seq % (long long)rs->held_cap] = failed;
+    for (;;) {
+        size_t i = (size_t)(rs->next_out % (long long)rs->held_cap);
+        json_t *r = rs->held[i];
+        if (!r)
+            break;
+        rs->held[i] = NULL;
+        write_rec(rs, r, rs->held_failed[i]);
+        json_decref(r);
+        rs->next_out++;
+    }
+}
+
+static void ctx_free(sendctx *c)
+{
+    json_decref(c->rec);
+    free(c->body);
+    free(c);
+}
+
 static void on_done(const df_http_result *r)
 {
     run_state *rs = g_run;
-    json_t *rec = r->user;
+    sendctx *c = r->user;
+    json_t *rec = c->rec;
     const char *why = NULL;
     char *text = NULL;
+    bool again = false;
+    c->attempts += r->attempts;
     if (r->err == DF_OK)
-        text = caption_of(r->body, r->body_len, &why);
+        text = caption_of(r->body, r->body_len, &why, &again);
+    if (!text && again && !g_stop && c->attempts < 1 + rs->o->retries) {
+        /* Sent again after the pool's backoff for the same retry count. */
+        c->resends++;
+        double u = (double)rand() / ((double)RAND_MAX + 1.0);
+        c->not_before = df_now() + df_http_backoff(rs->o->retry_wait, 60, c->attempts, u);
+        c->next = rs->delayed;
+        rs->delayed = c;
+        rs->n_delayed++;
+        return;
+    }
     if (text) {
         df_rec_set_str(rec, "text", text);
         df_rec_set_str(rec, "caption_model", rs->o->model);
@@ -615,32 +733,68 @@ static void on_done(const df_http_result *r)
         scrub_secret(msg, rs->api_key);
         df_rec_set_str(rec, "error", msg);
     }
-    emit(rs, rec, text == NULL);
-    json_decref(rec);
+    emit(rs, rec, text == NULL, c->seq);
+    ctx_free(c);
 }
 
 /* ---- the main loop ------------------------------------------------------ */
 
-static void submit_item(run_state *rs, item *it)
+/* Hand c to the pool; on failure its record is written with the error. */
+static void send_ctx(run_state *rs, sendctx *c)
 {
-    if (it->kind == ITEM_EMIT) {
-        emit(rs, it->rec, it->failed);
-        item_free(it);
-        return;
-    }
     df_http_request req = {
-        .method = "POST", .url = rs->o->endpoint, .body = it->body,
-        .body_len = it->body_len, .max_body = MAX_RESPONSE_BYTES, .user = it->rec,
+        .method = "POST", .url = rs->o->endpoint, .body = c->body,
+        .body_len = c->body_len, .max_body = MAX_RESPONSE_BYTES, .user = c,
         .done = on_done,
     };
     if (df_http_submit(g_pool, &req) != DF_OK) {
-        df_rec_set_error(it->rec, "%s", df_last_error());
-        emit(rs, it->rec, true);
+        df_rec_set_error(c->rec, "%s", df_last_error());
+        emit(rs, c->rec, true, c->seq);
+        ctx_free(c);
+    }
+}
+
+static void submit_item(run_state *rs, item *it)
+{
+    sendctx *c = it->kind == ITEM_SEND ? calloc(1, sizeof *c) : NULL;
+    if (it->kind == ITEM_SEND && !c)
+        df_rec_set_error(it->rec, "out of memory");
+    if (!c) {
+        emit(rs, it->rec, it->kind == ITEM_SEND || it->failed, it->seq);
         item_free(it);
         return;
     }
-    it->rec = NULL;          /* owned by the request now, released in on_done */
+    *c = (sendctx){.rec = it->rec, .body = it->body, .body_len = it->body_len, .seq = it->seq};
+    it->rec = NULL;          /* owned by c now, released in on_done */
+    it->body = NULL;
     item_free(it);
+    send_ctx(rs, c);
+}
+
+/* Send the resends whose backoff is over; seconds until the next one is
+ * due (1 when none waits). */
+static double send_due(run_state *rs)
+{
+    double now = df_now(), wait = 1.0;
+    for (sendctx **pp = &rs->delayed; *pp;) {
+        sendctx *c = *pp;
+        if (c->not_before <= now) {
+            *pp = c->next;
+            rs->n_delayed--;
+            c->next = NULL;
+            send_ctx(rs, c);
+        } else {
+            if (c->not_before - now < wait)
+                wait = c->not_before - now;
+            pp = &c->next;
+        }
+    }
+    return wait;
+}
+
+static size_t in_work(const run_state *rs)
+{
+    return df_http_pool_pending(g_pool) + rs->n_delayed;
 }
 
 /* Move prepared items into the pool while it has fewer than `backlog`
@@ -650,7 +804,7 @@ static bool feed_pool(run_state *rs, queue *q, size_t backlog)
     for (;;) {
         pthread_mutex_lock(&q->lock);
         bool drained = q->eof && !q->head;
-        bool idle = df_http_pool_pending(g_pool) == 0;
+        bool idle = in_work(rs) == 0;
         if (!q->head && !q->eof && idle && !g_stop) {
             /* Nothing to do until the reader pushes: wait here, briefly so
              * that a signal is noticed even without a wakeup. */
@@ -661,7 +815,9 @@ static bool feed_pool(run_state *rs, queue *q, size_t backlog)
                 ts.tv_sec++, ts.tv_nsec -= 1000000000;
             pthread_cond_timedwait(&q->cond, &q->lock, &ts);
         }
-        item *it = df_http_pool_pending(g_pool) < backlog ? queue_pop_locked(q) : NULL;
+        item *it = in_work(rs) < backlog ? queue_pop_locked(q) : NULL;
+        if (it)
+            it->seq = rs->next_seq++;
         pthread_mutex_unlock(&q->lock);
         if (!it)
             return drained;
@@ -675,23 +831,37 @@ static void drain_interrupted(run_state *rs, queue *q)
     pthread_mutex_lock(&q->lock);
     item *it;
     while ((it = queue_pop_locked(q))) {
+        it->seq = rs->next_seq++;
         if (it->kind == ITEM_SEND)
             df_rec_set_error(it->rec, "interrupted");
-        emit(rs, it->rec, it->kind == ITEM_SEND || it->failed);
+        emit(rs, it->rec, it->kind == ITEM_SEND || it->failed, it->seq);
         item_free(it);
     }
     pthread_mutex_unlock(&q->lock);
+    while (rs->delayed) {
+        sendctx *c = rs->delayed;
+        rs->delayed = c->next;
+        rs->n_delayed--;
+        df_rec_set_error(c->rec, "interrupted");
+        emit(rs, c->rec, true, c->seq);
+        ctx_free(c);
+    }
 }
 
 static void run_loop(run_state *rs, queue *q)
 {
     size_t backlog = 2 * (size_t)rs->o->jobs;
     while (!g_stop) {
+        double wait = send_due(rs);
         bool drained = feed_pool(rs, q, backlog);
-        if (drained && df_http_pool_pending(g_pool) == 0)
+        if (drained && in_work(rs) == 0)
             break;
-        if (df_http_pool_pending(g_pool) > 0)
-            df_http_pool_perform(g_pool, 1.0);
+        if (df_http_pool_pending(g_pool) > 0) {
+            df_http_pool_perform(g_pool, wait);
+        } else if (rs->n_delayed > 0) {
+            struct timespec ts = {(time_t)wait, (long)((wait - (double)(time_t)wait) * 1e9)};
+            nanosleep(&ts, NULL);        /* a signal cuts it short */
+        }
     }
     if (g_stop) {
         df_http_pool_abort(g_pool);      /* on_done writes them "interrupted" */
@@ -705,7 +875,7 @@ enum {
     OPT_ENDPOINT = 256, OPT_API_KEY_ENV, OPT_NO_AUTH, OPT_PROMPT, OPT_PROMPT_FILE, OPT_RPM,
     OPT_MAX_TOKENS, OPT_TEMPERATURE, OPT_MAX_SIDE, OPT_START, OPT_END, OPT_SHARD,
     OPT_SHARD_BY, OPT_RESUME, OPT_RETRIES, OPT_RETRY_WAIT, OPT_TIMEOUT, OPT_STRICT,
-    OPT_PROGRESS, OPT_PENDING
+    OPT_PROGRESS, OPT_PENDING, OPT_MAX_PIXELS, OPT_KEEP_ORDER
 };
 
 static const struct option long_opts[] = {
@@ -723,6 +893,8 @@ static const struct option long_opts[] = {
     {"retry-wait", required_argument, 0, OPT_RETRY_WAIT},
     {"timeout", required_argument, 0, OPT_TIMEOUT}, {"strict", no_argument, 0, OPT_STRICT},
     {"quiet", no_argument, 0, 'q'}, {"progress", no_argument, 0, OPT_PROGRESS},
+    {"max-pixels", required_argument, 0, OPT_MAX_PIXELS},
+    {"keep-order", no_argument, 0, OPT_KEEP_ORDER},
     {"help", no_argument, 0, 'h'}, {0, 0, 0, 0},
 };
 
@@ -773,6 +945,10 @@ static void parse_option(int c, options *o, const char **prompt_file)
     case OPT_RETRY_WAIT: o->retry_wait = parse_num("--retry-wait", optarg, 0, 3600); break;
     case OPT_TIMEOUT: o->timeout = parse_num("--timeout", optarg, 0.001, 1e6); break;
     case OPT_STRICT: o->strict = true; break;
+    case OPT_MAX_PIXELS:
+        o->max_pixels = (unsigned long long)parse_ll("--max-pixels", optarg, 1, INT64_MAX);
+        break;
+    case OPT_KEEP_ORDER: o->keep_order = true; break;
     case 'q': o->progress = DF_PROGRESS_NEVER; break;
     case OPT_PROGRESS: o->progress = DF_PROGRESS_ALWAYS; break;
     case 'h': fputs(usage_text, stdout); exit(0);
@@ -786,7 +962,7 @@ static void parse_args(int argc, char **argv, options *o)
         .root = ".", .endpoint = DEFAULT_ENDPOINT, .model = DEFAULT_MODEL,
         .api_key_env = "GROQ_API_KEY", .prompt = DEFAULT_PROMPT, .jobs = 4,
         .max_tokens = 512, .retries = 3, .retry_wait = 1, .timeout = 120, .end = -1,
-        .progress = DF_PROGRESS_AUTO,
+        .progress = DF_PROGRESS_AUTO, .max_pixels = DF_IMAGE_DEFAULT_MAX_PIXELS,
     };
     const char *prompt_file = NULL;
     int c;
@@ -984,6 +1160,10 @@ out:
         free(tmpl.head);
         free(tmpl.tail);
         free(o.prompt_owned);
+    }
+    if (g_run) {
+        free(g_run->held);
+        free(g_run->held_failed);
     }
     return code;
 }

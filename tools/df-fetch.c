@@ -6,7 +6,10 @@
  * FILE.part, hashed while it streams, and renamed to FILE only when it is
  * complete and matches the record's sha256/bytes. An interrupted run
  * leaves FILE.part behind and the next run continues it with HTTP Range;
- * a file already present and verified is not requested again.
+ * a file already present and verified is not requested again. Records
+ * naming a file that another record is downloading wait for it, then take
+ * its result (the file is there and verifies) or try their own url. The
+ * run ends with a summary line on stderr, whatever stderr is.
  *
  * Tested by tests/tools/test-df-fetch.sh against tests/servers/file_server.py. */
 #include <errno.h>
@@ -79,9 +82,10 @@ typedef struct job {
 typedef struct run {
     options opt;
     df_http_pool *pool;
-    json_t *active;         /* file_name -> true while a job writes it */
+    json_t *active;         /* file_name -> array of the records waiting for it,
+                               while a job writes it */
     df_progress prog;
-    long long n_in, n_failed;
+    long long n_in, n_failed, n_fetched, n_present;
     bool out_error;
 } run;
 
@@ -380,6 +384,8 @@ static bool flush_part(job *J)
     return ok;
 }
 
+static void handle_rec(run *R, json_t *rec);
+
 static void job_free(job *J)
 {
     if (J->fd >= 0) {
@@ -387,8 +393,23 @@ static void job_free(job *J)
             flush_part(J);
         close(J->fd);
     }
-    if (J->registered)
+    json_t *waiting = NULL;
+    if (J->registered) {
+        waiting = json_incref(json_object_get(J->run->active, J->file_name));
         json_object_del(J->run->active, J->file_name);
+    }
+    /* The records that waited for this file go again now: the first finds
+     * the file done (no request) or downloads it itself, the others wait
+     * for that one. After a stop they are dropped like every unfinished
+     * record (the rerun does them). */
+    size_t i;
+    json_t *rec;
+    json_array_foreach(waiting, i, rec) {
+        if (stop_flag)
+            break;
+        handle_rec(J->run, json_incref(rec));
+    }
+    json_decref(waiting);
     EVP_MD_CTX_free(J->md);
     free(J->wbuf);
     free(J->file_name);
@@ -469,6 +490,7 @@ static void finish_ok(job *J, const df_http_result *r)
         df_rec_set_str(J->rec, "file_name", J->file_name);
         df_rec_set_int(J->rec, "bytes", size);
         df_rec_set_str(J->rec, "sha256", hex);
+        R->n_fetched++;
         emit(R, J->rec, false);
     }
     J->rec = NULL;
@@ -600,10 +622,10 @@ static const char *job_setup(job *J, const char **url_out)
     return NULL;
 }
 
-/* Handle one input record: answer it at once or submit its download. */
-static void handle(run *R, json_t *rec)
+/* Handle one input record: answer it at once, submit its download, or
+ * queue it behind the record downloading the same file. */
+static void handle_rec(run *R, json_t *rec)
 {
-    R->n_in++;
     if (json_object_get(rec, "error")) {   /* a malformed line or an earlier failure */
         emit(R, rec, true);
         return;
@@ -619,19 +641,26 @@ static void handle(run *R, json_t *rec)
     const char *url = NULL;
     const char *why = job_setup(J, &url);
     char detail[512];
-    if (!why && json_object_get(R->active, J->file_name))
-        why = "file_name is already being downloaded by another record";
+    json_t *waiting = why ? NULL : json_object_get(R->active, J->file_name);
+    if (waiting) {
+        json_array_append(waiting, rec);
+        J->rec = NULL;
+        job_free(J);
+        json_decref(rec);
+        return;
+    }
     if (why) {
         J->rec = NULL;
         job_free(J);
         emit_error(R, rec, "%s", why);
         return;
     }
-    json_object_set_new(R->active, J->file_name, json_true());
+    json_object_set_new(R->active, J->file_name, json_array());
     J->registered = true;
     if (already_done(J)) {
         J->rec = NULL;
         job_free(J);
+        R->n_present++;
         emit(R, rec, false);
         return;
     }
@@ -653,6 +682,12 @@ static void handle(run *R, json_t *rec)
         job_free(J);
         emit_error(R, rec, "%s", detail);
     }
+}
+
+static void handle(run *R, json_t *rec)
+{
+    R->n_in++;
+    handle_rec(R, rec);
 }
 
 /* ---- main loop -------------------------------------------------------------- */
@@ -759,12 +794,15 @@ int main(int argc, char **argv)
     free(R.opt.headers);
     if (fflush(stdout) != 0 || ferror(stdout) || fclose(stdout) != 0)
         R.out_error = true;
-    if (R.n_failed)
-        df_error("%lld of %lld records failed", R.n_failed, R.n_in);
-    if (stop_flag && !R.out_error) {
+    bool interrupted = stop_flag && !R.out_error;
+    if (interrupted)
         df_error("interrupted: finished records written, partial downloads kept as .part");
+    /* The last line, on a terminal or not (like df-resize and df-merge). */
+    df_error("%lld records: %lld downloaded, %lld already present, %lld failed%s", R.n_in,
+             R.n_fetched, R.n_present, R.n_failed,
+             interrupted ? ", the rest interrupted" : "");
+    if (interrupted)
         return 1;
-    }
     if (R.out_error || !ok || (R.opt.strict && R.n_failed))
         return 1;
     return 0;

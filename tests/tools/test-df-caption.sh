@@ -124,6 +124,8 @@ check() { $PY "$T/check.py" "$1" "$2" "$T/img" "${@:3}" || fail "check $*"; }
 
 echo "--- usage"
 df-caption --help | grep -q '^Usage: df-caption' || fail "--help"
+df-caption --help | grep -q '%%' && fail "--help prints a literal %%"
+df-caption --help | grep -q 'index % N == K-1' || fail "--help: the --shard line"
 for bad in "--jobs 0" "--shard 0/3" "--shard 4/3" "--shard x" "--rpm -1" "--timeout abc" \
            "--end 2 --start 5" "--endpoint ftp://x" "--bogus" "extra-arg"; do
     set +e; df-caption $bad < /dev/null > /dev/null 2> "$T/err"; rc=$?; set -e
@@ -204,8 +206,8 @@ echo "--- faults: retries as configured and no more"
 cat > "$T/faults.json" <<'EOF'
 {"sub/00.jpg": ["429:1", "ok"], "01.png": ["500", "503", "ok"],
  "02.png": ["500", "500", "500", "500", "500"], "sub/03.jpg": ["drop", "ok"],
- "04.png": ["truncate", "ok"], "05.png": ["malformed"], "sub/06.jpg": ["empty_choices"],
- "07.png": ["slow:4", "ok"], "08.png": ["400"], "sub/09.jpg": ["short_length"],
+ "04.png": ["truncate", "ok"], "05.png": ["malformed", "ok"], "sub/06.jpg": ["empty_choices", "ok"],
+ "07.png": ["slow:4", "ok"], "08.png": ["400"], "sub/09.jpg": ["short_length", "malformed", "short_length", "ok"],
  "10.png": ["null_content"]}
 EOF
 start_server "$T/log4" --model "$MODEL" --api-key "$DF_TEST_KEY" --faults "$T/faults.json"
@@ -222,9 +224,10 @@ for e in log:
     n[e["file"]] = n.get(e["file"], 0) + 1
 want = {  # file: (requests the server saw, "text" or the start of the error)
     "sub/00.jpg": (2, "text"), "01.png": (3, "text"), "02.png": (3, "HTTP 500: injected 500"),
-    "sub/03.jpg": (2, "text"), "04.png": (2, "text"), "05.png": (1, "malformed JSON response"),
-    "sub/06.jpg": (1, "empty choices"), "07.png": (2, "text"), "08.png": (1, "HTTP 400: injected 400"),
-    "sub/09.jpg": (1, "malformed JSON response"), "10.png": (1, "no message content"),
+    "sub/03.jpg": (2, "text"), "04.png": (2, "text"), "05.png": (2, "text"),
+    "sub/06.jpg": (2, "text"), "07.png": (2, "text"), "08.png": (1, "HTTP 400: injected 400"),
+    # a cut or malformed 200 body is retried like a 5xx, --retries 2 bounds it
+    "sub/09.jpg": (3, "malformed JSON response"), "10.png": (1, "no message content"),
     "11.png": (2, "text")}
 bad = []
 for f, (count, what) in want.items():
@@ -241,6 +244,77 @@ if len(out) != 12:
 if bad:
     sys.exit("\n".join(bad))
 print("faults ok")
+EOF
+stop_server
+
+echo "--- cut bodies and empty choices: retried, never more than --retries allows"
+cat > "$T/faults_b.json" <<'EOF'
+{"sub/00.jpg": ["empty_choices", "empty_choices", "empty_choices", "empty_choices", "empty_choices"],
+ "01.png": ["short_length", "short_length", "short_length", "short_length", "short_length"],
+ "02.png": ["malformed", "malformed", "ok"], "sub/03.jpg": ["malformed", "malformed"]}
+EOF
+start_server "$T/log4b" --model "$MODEL" --api-key "$DF_TEST_KEY" --faults "$T/faults_b.json"
+cap --retries 3 --retry-wait 0.05 < "$T/twelve.jsonl" > "$T/out6b"
+grep -E '"(sub/00.jpg|01.png)"' "$T/twelve.jsonl" | cap --retries 0 --retry-wait 0.05 > "$T/out6c"
+$PY - "$T/out6b" "$T/out6c" "$T/log4b" <<'EOF' || fail "cut bodies"
+import json, sys
+b = {r["file_name"]: r for r in map(json.loads, open(sys.argv[1]))}
+c = {r["file_name"]: r for r in map(json.loads, open(sys.argv[2]))}
+n = {}
+for e in map(json.loads, open(sys.argv[3])):
+    n[e["file"]] = n.get(e["file"], 0) + 1
+bad = []
+# run 1 (--retries 3): at most 4 requests a record; run 2 (--retries 0): one each
+want = {"sub/00.jpg": (5, "empty choices", "empty choices"),
+        "01.png": (5, "malformed JSON response", "malformed JSON response"),
+        "02.png": (3, "text", None), "sub/03.jpg": (3, "text", None)}
+for f, (count, w1, w2) in want.items():
+    g1 = "text" if "text" in b[f] else b[f].get("error")
+    g2 = "text" if "text" in c.get(f, {}) else c.get(f, {}).get("error")
+    if n.get(f) != count or not g1.startswith(w1) or not (g2 == w2 or (g2 and g2.startswith(w2))):
+        bad.append("%s: %s requests, %r then %r (want %d, %r, %r)" % (f, n.get(f), g1, g2, count, w1, w2))
+if len(b) != 12 or len(c) != 2:
+    bad.append("%d and %d records written" % (len(b), len(c)))
+if bad:
+    sys.exit("\n".join(bad))
+print("cut bodies ok")
+EOF
+stop_server
+
+echo "--- an image over the pixel limit is refused from its header, never sent"
+$PY - "$T/img" <<'EOF'
+import struct, sys, zlib
+def chunk(t, d):
+    return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d) & 0xffffffff)
+for name, side in (("huge.png", 100000), ("big.png", 20000)):
+    with open(sys.argv[1] + "/" + name, "wb") as f:   # a header, and one row of 1-bit gray
+        f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0))
+                + chunk(b"IDAT", zlib.compress(b"\0" * (side // 8 + 1))) + chunk(b"IEND", b""))
+EOF
+printf '{"file_name":"huge.png"}\n{"file_name":"big.png"}\n{"file_name":"01.png"}\n' > "$T/big.jsonl"
+start_server "$T/log4c" --model "$MODEL" --api-key "$DF_TEST_KEY"
+cap < "$T/big.jsonl" > "$T/out6d" 2> /dev/null || fail "pixel limit: exit status"
+grep -q '"file_name":"big.png","error":"image too large: 20000x20000 exceeds the limit of 100000000 pixels"' "$T/out6d" ||
+    fail "pixel limit: big.png record: $(cat "$T/out6d")"
+grep -q '"file_name":"huge.png","error":' "$T/out6d" || fail "pixel limit: huge.png record: $(cat "$T/out6d")"
+[ "$(wc -l < "$T/log4c")" -eq 1 ] && grep -q '"file": "01.png"' "$T/log4c" || fail "pixel limit: sent $(cat "$T/log4c")"
+cap --max-pixels 100 < "$T/big.jsonl" 2> /dev/null | grep -q '"file_name":"01.png","error":"image too large: 44x33' ||
+    fail "--max-pixels 100"
+rm -f "$T/img/huge.png" "$T/img/big.png"
+stop_server
+
+echo "--- --keep-order: records out in input order, whatever order they finish in"
+printf '{"sub/00.jpg": ["slow:1.2"], "01.png": ["500", "ok"], "04.png": ["malformed", "ok"]}' > "$T/faults_o.json"
+start_server "$T/log4d" --model "$MODEL" --api-key "$DF_TEST_KEY" --faults "$T/faults_o.json"
+printf 'not json\n{"file_name":"missing.png"}\n' | cat "$T/twelve.jsonl" - > "$T/order.jsonl"
+cap -j 4 --retry-wait 0.05 --keep-order < "$T/order.jsonl" > "$T/out6e" 2> /dev/null
+$PY - "$T/order.jsonl" "$T/out6e" <<'EOF' || fail "--keep-order"
+import json, sys
+want = [json.loads(l).get("file_name") if l.startswith("{") else None for l in open(sys.argv[1])]
+got = [json.loads(l).get("file_name") for l in open(sys.argv[2])]
+if got != want:
+    sys.exit("order %s, want %s" % (got, want))
+print("keep-order ok")
 EOF
 stop_server
 

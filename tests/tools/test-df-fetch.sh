@@ -108,7 +108,7 @@ EOF
     -H "Authorization: Bearer $TOKEN" "$T/in1.jsonl" > "$T/out1" 2> "$T/err1"
 rc=$?
 [ $rc = 0 ] && ok "fault run exits 0 (failures are data)" || fail "fault run rc $rc"
-grep -q "records failed" "$T/err1" && ok "failures counted on stderr" || fail "no failure count on stderr"
+tail -n1 "$T/err1" | grep -Eq '^df-fetch: [0-9]+ records: [0-9]+ downloaded, 0 already present, [1-9][0-9]* failed$' && ok "failures counted on stderr" || fail "no failure count on stderr"
 ! grep -q "$TOKEN" "$T/out1" "$T/err1" && ok "token never printed" || fail "token leaked"
 
 # Every input line comes out once, with file_name+bytes+sha256 matching the
@@ -283,6 +283,43 @@ for l in open(out):
     assert r["sha256"] == want == hashlib.sha256(open(f"{root}/{r['file_name']}", "rb").read()).hexdigest()
 sys.exit(0 if sorted(ns) == list(range(20)) else 1)
 EOF
+
+# ---- the summary line ends every run, stderr a terminal or not -----------
+printf '{"url":"%s/d/f06.bin?sum=1"}\n{"url":"%s/nope?sum=1"}\n' "$U" "$U" > "$T/in12.jsonl"
+"$FETCH" --out "$T/o12" "$T/in12.jsonl" > /dev/null 2> "$T/err12"
+[ "$(tail -n1 "$T/err12")" = "df-fetch: 2 records: 1 downloaded, 0 already present, 1 failed" ] \
+    && ok "summary line on a non-terminal stderr" || fail "summary: $(cat "$T/err12")"
+"$FETCH" --out "$T/o12" --quiet "$T/in12.jsonl" > /dev/null 2> "$T/err12"
+[ "$(tail -n1 "$T/err12")" = "df-fetch: 2 records: 0 downloaded, 1 already present, 1 failed" ] \
+    && ok "summary line of a rerun" || fail "rerun summary: $(cat "$T/err12")"
+
+# ---- records naming the same file: the later ones wait for the first -----
+# dup1: the first download fails (404), the second record fetches it itself;
+# dup2: the first succeeds (slowly), the second takes its result, no request.
+S7=$(sha "$T/srv/d/f07.bin")
+cat > "$T/in13.jsonl" <<EOF
+{"url":"$U/d/f07.bin?status=404&dup=1","file_name":"dup1.bin","n":0}
+{"url":"$U/d/f07.bin?dup=2","file_name":"dup1.bin","n":1}
+{"url":"$U/d/f07.bin?slow=0.5&dup=3","file_name":"dup2.bin","n":2}
+{"url":"$U/d/f07.bin?dup=4","file_name":"dup2.bin","n":3,"sha256":"$S7"}
+{"url":"$U/d/f07.bin?dup=5","file_name":"dup2.bin","n":4,"sha256":"$(printf '%064d' 0)"}
+EOF
+"$FETCH" --out "$T/o13" -j 4 "$T/in13.jsonl" > "$T/out13" 2> /dev/null
+$PY - "$T/out13" <<EOF && ok "same file_name: wait for the first, take its result" || fail "same file_name: $(cat "$T/out13")"
+import json, sys
+recs = {r["n"]: r for r in map(json.loads, open(sys.argv[1]))}
+assert sorted(recs) == [0, 1, 2, 3, 4], recs
+assert recs[0]["error"].startswith("HTTP 404"), recs[0]
+for n in (1, 2, 3):
+    assert "error" not in recs[n] and recs[n]["sha256"] == "$S7", recs[n]
+# the fifth asks for another sha256: the file there does not match, so it
+# downloads (the same bytes) and fails verification
+assert recs[4]["error"].startswith("sha256 mismatch"), recs[4]
+EOF
+[ "$(reqs /d/f07.bin dup=2)$(reqs /d/f07.bin "slow=0.5&dup=3")$(reqs /d/f07.bin dup=4)$(reqs /d/f07.bin dup=5)" = 1101 ] \
+    && ok "same file_name: one request each where needed" || fail "same file_name requests"
+[ "$(sha "$T/o13/dup2.bin")" = "$S7" ] && [ "$(sha "$T/o13/dup1.bin")" = "$S7" ] \
+    && ok "same file_name: files intact" || fail "same file_name files"
 
 # ---- --strict ---------------------------------------------------------------
 echo "{\"url\":\"$U/nope\"}" | "$FETCH" --out "$T/o9" --strict > /dev/null 2>&1; rc=$?
