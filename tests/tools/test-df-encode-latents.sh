@@ -258,12 +258,19 @@ print(f"{len(killed)} records printed by killed runs, all in the cache")
 EOF
 
 # --- SIGTERM: the shard being filled is written, exit 1 ---
-"$E" --model "$MODEL" --root ds --out K2 --resolution 32 --batch-size 100 -t 1 <k.jsonl >term.jsonl 2>term.err &
+# (stdin stays open after the records, so the run is still waiting for more
+# when the signal comes, however fast the machine encodes)
+mkfifo term.fifo
+"$E" --model "$MODEL" --root ds --out K2 --resolution 32 --batch-size 100 -t 1 <term.fifo >term.jsonl 2>term.err &
 pid=$!
-sleep 0.5
+exec 8>term.fifo
+cat k.jsonl >&8
+sleep 2
 kill -TERM "$pid"
 wait "$pid"
-check "SIGTERM: exit 1" [ $? -eq 1 ]
+rc=$?
+exec 8>&-
+check "SIGTERM: exit 1 (got $rc)" [ $rc -eq 1 ]
 check "SIGTERM: says interrupted" grep -q '^df-encode-latents: interrupted' term.err
 check "SIGTERM: records written = index lines" [ "$(wc -l <term.jsonl)" -eq "$(cat K2/index.jsonl | wc -l)" ]
 
