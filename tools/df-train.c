@@ -207,12 +207,12 @@ static void parse_args(int argc, char **argv, options *o)
 static void on_start(void *ctx, long first, long max_steps, size_t entries)
 {
     options *o = ctx;
-    if (first >= max_steps)
-        fprintf(stderr, "%s: the checkpoint is at step %ld already: nothing left to do\n",
-                df_progname(), first);
-    else
-        fprintf(stderr, "%s: %zu cache entries, steps %ld..%ld%s\n", df_progname(), entries,
-                first + 1, max_steps, first > 0 ? " (resumed)" : "");
+    if (first > 0)
+        fprintf(stderr, "%s: resuming at step %ld of %ld%s\n", df_progname(), first, max_steps,
+                first >= max_steps ? ": nothing left to do" : "");
+    if (first < max_steps)
+        fprintf(stderr, "%s: %zu cache entries, steps %ld..%ld\n", df_progname(), entries,
+                first + 1, max_steps);
     df_progress_start(&o->prog, "step", max_steps, o->pmode);
     df_progress_add(&o->prog, first, 0);
 }

@@ -227,7 +227,7 @@ check "A: an epoch ends in each step" [ "$(fields A.jsonl epoch | tr '\n' ' ')" 
 check "B to 4: exit 0" [ $? -eq 0 ]
 "$TR" $RES --out B --max-steps 8 --save-every 2 --resume >B2.jsonl 2>B2.err
 check "B resumed to 8: exit 0" [ $? -eq 0 ]
-check "B: says it resumes at 4" grep -q 'steps 5..8 (resumed)' B2.err
+check "B: says it resumes at 4" grep -q 'resuming at step 4 of 8' B2.err
 check "B: steps 5..8 after the resume" [ "$(fields B2.jsonl step | tr '\n' ' ')" = "5 6 7 8 " ]
 "$TR" $RES --out C --max-steps 8 --save-every 1 >C1.jsonl 2>C1.err &
 cpid=$!
