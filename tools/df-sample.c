@@ -8,10 +8,12 @@
  * with "error"; the run goes on. Tested by tests/tools/test-df-sample.sh. */
 #include <errno.h>
 #include <fcntl.h>
+#include <openssl/evp.h>
 #include <limits.h>
 #include <getopt.h>
 #include <math.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -70,6 +72,8 @@ typedef struct {
     int given;                    /* bits: 1 --width, 2 --height, 4 --batch given */
     df_progress_mode progress;
     json_t *loras;                /* [{"file":..., "scale":...}] for the records */
+    char *lora_prompt;            /* " <lora:name:scale>..." for the parameters chunk */
+    char *lora_hashes;            /* "name: hash12, ..." */
 } options;
 
 static volatile sig_atomic_t interrupted;
@@ -83,6 +87,145 @@ static long parse_long(const char *opt, const char *s, long lo, long hi)
     if (errno || *end || end == s || v < lo || v > hi)
         df_usage_error("%s: '%s' is not a whole number from %ld to %ld", opt, s, lo, hi);
     return v;
+}
+
+/* The shortest decimal that reads back as f ("0.8", not 0.800000012 or
+ * 0.80000001192092896): how a float the user gave is shown. */
+static void float_str(float f, char buf[32])
+{
+    for (int p = 1; p <= 9; p++) {
+        snprintf(buf, 32, "%.*g", p, (double)f);
+        if (strtof(buf, NULL) == f)
+            return;
+    }
+}
+
+/* A float as a JSON number that prints as float_str() does: the double
+ * nearest that decimal, dumped with the precision of dump_json(). */
+static void set_float(json_t *rec, const char *key, float f)
+{
+    char buf[32];
+    float_str(f, buf);
+    df_rec_set_num(rec, key, strtod(buf, NULL));
+}
+
+/* Digits needed for every real in v to read back exactly (0: no reals). */
+static int real_digits(const json_t *v)
+{
+    int d = 0;
+    if (json_is_real(v)) {
+        double x = json_real_value(v);
+        char buf[40];
+        for (d = 1; d < 17; d++) {
+            snprintf(buf, sizeof buf, "%.*g", d, x);
+            if (strtod(buf, NULL) == x)
+                break;
+        }
+    } else if (json_is_object(v)) {
+        const char *k;
+        json_t *e;
+        json_object_foreach((json_t *)v, k, e) {
+            int n = real_digits(e);
+            d = n > d ? n : d;
+        }
+    } else if (json_is_array(v)) {
+        size_t i;
+        json_t *e;
+        json_array_foreach(v, i, e) {
+            int n = real_digits(e);
+            d = n > d ? n : d;
+        }
+    }
+    return d;
+}
+
+/* jansson prints every real with one precision (17 digits by default, so
+ * 0.8 comes out 0.80000000000000004). The fewest digits that keep all of a
+ * record's reals exact print each as its shortest form as long as that is
+ * at most 15 digits (DBL_DIG); a passed-through real that needs 16 or 17
+ * keeps its value. */
+static char *dump_json(const json_t *rec)
+{
+    int d = real_digits(rec);
+    size_t flags = JSON_COMPACT | JSON_PRESERVE_ORDER | (d ? JSON_REAL_PRECISION(d) : 0);
+    return json_dumps(rec, flags);
+}
+
+/* One record line on stdout (df_jsonl_write_fd with dump_json's numbers). */
+static df_status write_record(const json_t *rec)
+{
+    char *s = dump_json(rec);
+    if (!s)
+        return df_fail(DF_ERR_NOMEM, "cannot serialize record");
+    size_t len = strlen(s);
+    s[len] = '\n';                  /* the NUL's place; only len+1 bytes are written */
+    df_status st = DF_OK;
+    for (size_t off = 0; off < len + 1;) {
+        ssize_t w = write(1, s + off, len + 1 - off);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w < 0) {
+            st = df_fail(DF_ERR_IO, "write error: %s", strerror(errno));
+            break;
+        }
+        off += (size_t)w;
+    }
+    free(s);
+    return st;
+}
+
+/* The first 12 hex digits of the file's sha256, as A1111's "Lora hashes". */
+static df_status short_hash(const char *path, char out[13])
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return df_fail(DF_ERR_IO, "%s: %s", path, strerror(errno));
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    int ok = md && EVP_DigestInit_ex(md, EVP_sha256(), NULL);
+    unsigned char b[1 << 16], d[EVP_MAX_MD_SIZE];
+    size_t n;
+    while (ok && (n = fread(b, 1, sizeof b, f)) > 0)
+        ok = EVP_DigestUpdate(md, b, n);
+    unsigned dl = 0;
+    ok = ok && !ferror(f) && EVP_DigestFinal_ex(md, d, &dl) && dl >= 6;
+    EVP_MD_CTX_free(md);
+    fclose(f);
+    if (!ok)
+        return df_fail(DF_ERR_IO, "%s: cannot read for its sha256", path);
+    for (int i = 0; i < 6; i++)
+        snprintf(out + 2 * i, 3, "%02x", d[i]);
+    return DF_OK;
+}
+
+/* Append printf output to a malloc'd string (*s may be NULL). */
+static void append(char **s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void append(char **s, const char *fmt, ...)
+{
+    char *add, *cat;
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vasprintf(&add, fmt, ap);
+    va_end(ap);
+    if (n < 0 || asprintf(&cat, "%s%s", *s ? *s : "", add) < 0) {
+        df_error("out of memory");
+        exit(1);
+    }
+    free(add);
+    free(*s);
+    *s = cat;
+}
+
+/* A LoRA's name in A1111's <lora:name:scale>: the file's basename without
+ * .safetensors. */
+static void lora_name(const char *path, char *buf, size_t cap)
+{
+    const char *b = strrchr(path, '/');
+    b = b ? b + 1 : path;
+    size_t n = strlen(b);
+    const char *ext = ".safetensors";
+    if (n > strlen(ext) && !strcmp(b + n - strlen(ext), ext))
+        n -= strlen(ext);
+    snprintf(buf, cap, "%.*s", (int)n, b);
 }
 
 static float parse_float(const char *opt, const char *s)
@@ -213,15 +356,33 @@ static void parse_args(int argc, char **argv, options *o, df_pipeline **pipe)
             df_error("%s", df_last_error());
             exit(1);
         }
-        /* Say what matched: a silent non-match is the usual LoRA surprise. */
-        df_warn("%s: %s format, %zu of %zu tensors applied (%zu UNet and %zu text-encoder "
-                "weights changed, scale %g)", path, rep.format, rep.n_applied, rep.n_tensors,
-                rep.n_unet_pairs, rep.n_te_pairs, scale);
+        /* Say what matched: a silent non-match is the usual LoRA surprise.
+         * A complete match is information (--quiet drops it), a partial one
+         * a warning with every tensor left over. */
+        char sc[32], name[256], hash[13];
+        float_str(scale, sc);
+        if (rep.n_applied == rep.n_tensors) {
+            if (o->progress != DF_PROGRESS_NEVER)
+                fprintf(stderr, "%s: %s: %s format, all %zu tensors applied (%zu UNet and %zu "
+                        "text-encoder weights changed, scale %s)\n", df_progname(), path,
+                        rep.format, rep.n_tensors, rep.n_unet_pairs, rep.n_te_pairs, sc);
+        } else {
+            df_warn("%s: %s format, only %zu of %zu tensors applied (%zu UNet and %zu "
+                    "text-encoder weights changed, scale %s)", path, rep.format, rep.n_applied,
+                    rep.n_tensors, rep.n_unet_pairs, rep.n_te_pairs, sc);
+        }
         for (size_t k = 0; k < rep.n_unmatched; k++)
             df_warn("%s: tensor matched nothing: %s", path, rep.unmatched[k]);
+        if (short_hash(path, hash) != DF_OK) {
+            df_error("%s", df_last_error());
+            exit(1);
+        }
+        lora_name(path, name, sizeof name);
+        append(&o->lora_prompt, " <lora:%s:%s>", name, sc);
+        append(&o->lora_hashes, "%s%s: %s", o->lora_hashes ? ", " : "", name, hash);
         json_t *l = json_object();
         df_rec_set_str(l, "file", path);
-        df_rec_set_num(l, "scale", scale);
+        set_float(l, "scale", scale);
         json_array_append_new(o->loras, l);
         df_lora_report_free(&rep);
         free(path);
@@ -356,7 +517,7 @@ static void fail_record(run_state *rs, json_t *rec, const char *fmt, const char 
     df_rec_set_error(rec, fmt, detail);
     df_error("%s", df_rec_str(rec, "error"));
     rs->failed++;
-    if (df_jsonl_write_fd(1, rec) != DF_OK) {
+    if (write_record(rec) != DF_OK) {
         df_error("stdout: %s", df_last_error());
         exit(1);
     }
@@ -439,15 +600,28 @@ static int params_from(run_state *rs, json_t *rec, df_pipeline_params *pp, char 
     return 1;
 }
 
+/* The short name of the scheduler a run used ("ddim", "dpmpp_2m_karras"), one
+ * naming for the model's default, a class name and a short alias alike. */
+static void scheduler_name(const options *o, const df_pipeline_params *pp,
+                           const df_pipeline_output *out, char *buf, size_t cap)
+{
+    df_scheduler *s;
+    if (df_scheduler_load(o->model, pp->scheduler, NULL, &s) == DF_OK) {
+        snprintf(buf, cap, "%s", df_scheduler_short_name(s));
+        df_scheduler_free(s);
+    } else {   /* not expected: the same config just built it */
+        snprintf(buf, cap, "%s", pp->scheduler ? pp->scheduler : out->scheduler);
+    }
+}
+
 static void write_image(run_state *rs, json_t *rec, const df_pipeline_params *pp,
-                        const df_pipeline_output *out, int b, double seconds)
+                        const df_pipeline_output *out, const char *sched, int b, double seconds)
 {
     options *o = rs->o;
     df_image img = {.w = out->width, .h = out->height,
                     .px = out->rgb + (size_t)b * out->width * out->height * 3};
     char *path = next_png_name(o->out_dir, pp->seed, &rs->png_counter);
     json_t *r = json_deep_copy(rec);
-    const char *sched = pp->scheduler ? pp->scheduler : out->scheduler;
     df_rec_set_str(r, "file_name", path ? path : "");
     df_rec_set_str(r, "prompt", pp->prompt);
     df_rec_set_str(r, "negative_prompt", pp->negative_prompt ? pp->negative_prompt : "");
@@ -455,19 +629,26 @@ static void write_image(run_state *rs, json_t *rec, const df_pipeline_params *pp
     if (pp->batch > 1)
         df_rec_set_int(r, "batch_index", b);
     df_rec_set_int(r, "steps", pp->steps);
-    df_rec_set_num(r, "guidance", pp->guidance);
+    set_float(r, "guidance", pp->guidance);
     df_rec_set_str(r, "scheduler", sched);
     df_rec_set_int(r, "width", pp->width);
     df_rec_set_int(r, "height", pp->height);
     json_object_set(r, "loras", o->loras);
-    df_rec_set_num(r, "seconds", seconds);
-    char *params = json_dumps(r, JSON_COMPACT | JSON_PRESERVE_ORDER);
-    char *a1111 = NULL;
-    if (asprintf(&a1111, "%s\nNegative prompt: %s\nSteps: %d, Sampler: %s, CFG scale: %g, "
-                 "Seed: %llu, Size: %dx%d", pp->prompt, pp->negative_prompt ? pp->negative_prompt : "",
-                 pp->steps, sched, pp->guidance, (unsigned long long)pp->seed, pp->width,
-                 pp->height) < 0)
+    /* Milliseconds: more digits are noise, and would print every real long. */
+    df_rec_set_num(r, "seconds", round(seconds * 1000) / 1000);
+    char *params = dump_json(r);
+    /* A1111's form: LoRAs as <lora:name:scale> after the prompt and a
+     * "Lora hashes" field, so tools that read these files see them. */
+    char cfg[32], *a1111 = NULL, *hashes = NULL;
+    float_str(pp->guidance, cfg);
+    if (o->lora_hashes && asprintf(&hashes, ", Lora hashes: \"%s\"", o->lora_hashes) < 0)
+        hashes = NULL;
+    if (asprintf(&a1111, "%s%s\nNegative prompt: %s\nSteps: %d, Sampler: %s, CFG scale: %s, "
+                 "Seed: %llu, Size: %dx%d%s", pp->prompt, o->lora_prompt ? o->lora_prompt : "",
+                 pp->negative_prompt ? pp->negative_prompt : "", pp->steps, sched, cfg,
+                 (unsigned long long)pp->seed, pp->width, pp->height, hashes ? hashes : "") < 0)
         a1111 = NULL;
+    free(hashes);
     const char *kv[] = {"parameters", a1111 ? a1111 : "", "diffyface", params ? params : "{}",
                         "Software", "diffyface df-sample", NULL};
     if (!path || df_image_write_png(path, &img, kv) != DF_OK) {
@@ -475,7 +656,7 @@ static void write_image(run_state *rs, json_t *rec, const df_pipeline_params *pp
         fail_record(rs, r, "cannot write PNG: %s", df_last_error());
     } else {
         rs->images++;
-        if (df_jsonl_write_fd(1, r) != DF_OK) {
+        if (write_record(r) != DF_OK) {
             df_error("stdout: %s", df_last_error());
             exit(1);
         }
@@ -531,8 +712,10 @@ static void run_one(run_state *rs, json_t *rec)
         df_rec_set_str(rec, "latents_file", path);
         free(path);
     }
+    char sched[64];
+    scheduler_name(rs->o, &pp, &out, sched, sizeof sched);
     for (int b = 0; b < out.batch; b++)
-        write_image(rs, rec, &pp, &out, b, secs / out.batch);
+        write_image(rs, rec, &pp, &out, sched, b, secs / out.batch);
     df_pipeline_output_free(&out);
 }
 
@@ -601,6 +784,8 @@ int main(int argc, char **argv)
     }
     free((float *)rs.init);
     json_decref(o.loras);
+    free(o.lora_prompt);
+    free(o.lora_hashes);
     df_pipeline_free(pipe);
     if (interrupted)
         df_error("interrupted; %ld images written", rs.images);

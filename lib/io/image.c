@@ -695,6 +695,72 @@ static size_t count_text(const char *const *kv)
     return n;
 }
 
+/* Largest code point of UTF-8 text, or -1 when s is not valid UTF-8. */
+static long utf8_max_code(const unsigned char *s)
+{
+    long max = 0;
+    while (*s) {
+        unsigned c = *s++;
+        int more = c < 0x80 ? 0 : c >= 0xC2 && c <= 0xDF ? 1 : c >= 0xE0 && c <= 0xEF ? 2
+                 : c >= 0xF0 && c <= 0xF4 ? 3 : -1;
+        if (more < 0)
+            return -1;
+        long cp = more == 0 ? (long)c : (long)(c & (0x3F >> more));
+        for (int k = 0; k < more; k++, s++) {
+            if ((*s & 0xC0) != 0x80)
+                return -1;
+            cp = cp << 6 | (*s & 0x3F);
+        }
+        if ((more == 2 && (cp < 0x800 || (cp >= 0xD800 && cp <= 0xDFFF))) ||
+            (more == 3 && (cp < 0x10000 || cp > 0x10FFFF)))
+            return -1;
+        if (cp > max)
+            max = cp;
+    }
+    return max;
+}
+
+/* A PNG text value: tEXt holds Latin-1 (as PNG defines it), iTXt UTF-8.
+ * ASCII is written as tEXt unchanged; UTF-8 whose characters all fit
+ * Latin-1 is converted to it for tEXt (*latin, malloc'd); other UTF-8 (CJK,
+ * emoji) goes into iTXt. Bytes that are not UTF-8 are taken as Latin-1
+ * already. Returns false when out of memory. */
+static bool png_text_form(const char *v, bool *itxt, char **latin)
+{
+    *itxt = false;
+    *latin = NULL;
+    long max = utf8_max_code((const unsigned char *)v);
+    if (max < 0x80)                   /* ASCII, or not UTF-8 */
+        return true;
+    if (max > 0xFF) {
+        *itxt = true;
+        return true;
+    }
+    char *o = malloc(strlen(v) + 1);
+    if (!o)
+        return false;
+    size_t j = 0;
+    /* Every character is below 0x100: ASCII or a two-byte C2/C3 sequence. */
+    for (const unsigned char *p = (const unsigned char *)v; *p;) {
+        if (*p < 0x80) {
+            o[j++] = (char)*p++;
+        } else {
+            o[j++] = (char)((p[0] & 0x03) << 6 | (p[1] & 0x3F));
+            p += 2;
+        }
+    }
+    o[j] = '\0';
+    *latin = o;
+    return true;
+}
+
+static void free_strs(char **v, size_t n)
+{
+    for (size_t i = 0; v && i < n; i++)
+        free(v[i]);
+    free(v);
+}
+
 df_status df_image_encode_png_mem(const df_image *img, const char *const *text_kv,
                                   uint8_t **buf, size_t *n)
 {
@@ -708,6 +774,17 @@ df_status df_image_encode_png_mem(const df_image *img, const char *const *text_k
         if (kl < 1 || kl > 79)
             return df_fail(DF_ERR_ARG, "png: tEXt key must have 1-79 characters");
     }
+    /* Decided before setjmp: these are not changed after it. */
+    char **latin = ntext ? calloc(ntext, sizeof *latin) : NULL;
+    bool *itxt = ntext ? calloc(ntext, sizeof *itxt) : NULL;
+    bool ok = !ntext || (latin && itxt);
+    for (size_t i = 0; ok && i < ntext; i++)
+        ok = png_text_form(text_kv[2 * i + 1], &itxt[i], &latin[i]);
+    if (!ok) {
+        free_strs(latin, ntext);
+        free(itxt);
+        return df_fail(DF_ERR_NOMEM, "png: out of memory");
+    }
     png_src err = { 0 };
     membuf mb = { 0 };
     membuf *volatile mbp = &mb;
@@ -716,12 +793,16 @@ df_status df_image_encode_png_mem(const df_image *img, const char *const *text_k
     png_infop info = png ? png_create_info_struct(png) : NULL;
     if (!info) {
         png_destroy_write_struct(png ? &png : NULL, NULL);
+        free_strs(latin, ntext);
+        free(itxt);
         return df_fail(DF_ERR_NOMEM, "png: cannot create encoder");
     }
     if (setjmp(png_jmpbuf(png))) {
         png_destroy_write_struct(&png, &info);
         free(mbp->p);
         free(text);
+        free_strs(latin, ntext);
+        free(itxt);
         return df_fail(DF_ERR_FORMAT, "png encode: %s", err.msg);
     }
     png_set_write_fn(png, mbp, png_write_mem, png_flush_mem);
@@ -732,10 +813,17 @@ df_status df_image_encode_png_mem(const df_image *img, const char *const *text_k
         if (!text)
             png_error(png, "out of memory");
         for (size_t i = 0; i < ntext; i++) {
-            text[i].compression = PNG_TEXT_COMPRESSION_NONE;
             text[i].key = (png_charp)text_kv[2 * i];
-            text[i].text = (png_charp)text_kv[2 * i + 1];
-            text[i].text_length = strlen(text_kv[2 * i + 1]);
+            text[i].text = (png_charp)(latin[i] ? latin[i] : text_kv[2 * i + 1]);
+            if (itxt[i]) {
+                text[i].compression = PNG_ITXT_COMPRESSION_NONE;
+                text[i].itxt_length = strlen(text[i].text);
+                text[i].lang = (png_charp)"";
+                text[i].lang_key = (png_charp)"";
+            } else {
+                text[i].compression = PNG_TEXT_COMPRESSION_NONE;
+                text[i].text_length = strlen(text[i].text);
+            }
         }
         png_set_text(png, info, text, (int)ntext);
     }
@@ -745,6 +833,8 @@ df_status df_image_encode_png_mem(const df_image *img, const char *const *text_k
     png_write_end(png, NULL);
     png_destroy_write_struct(&png, &info);
     free(text);
+    free_strs(latin, ntext);
+    free(itxt);
     *buf = mb.p;
     *n = mb.len;
     return DF_OK;

@@ -79,7 +79,10 @@ df_status df_image_read_file(const char *path, uint8_t **buf, size_t *n);
 /* Encoders. quality 1..100 (libjpeg scale, 4:2:0 chroma as libjpeg's and
  * Pillow's default). The _mem variants return a malloc'ed buffer.
  * text_kv: NULL, or a NULL-terminated list key0, value0, key1, value1, ...
- * written as PNG tEXt chunks (keys 1-79 Latin-1 characters, as PNG says). */
+ * written as PNG text chunks (keys 1-79 Latin-1 characters, as PNG says).
+ * Values are UTF-8: one that fits Latin-1 goes into a tEXt chunk (converted
+ * to Latin-1, which is what tEXt holds), any other (CJK, emoji) into an
+ * uncompressed iTXt chunk with empty language and translated keyword. */
 df_status df_image_encode_jpeg_mem(const df_image *img, int quality, uint8_t **buf, size_t *n);
 df_status df_image_write_jpeg(const char *path, const df_image *img, int quality);
 df_status df_image_encode_png_mem(const df_image *img, const char *const *text_kv,

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 enum target { T_UNKNOWN, T_UNET, T_TE };
 enum fmt { F_PEFT = 1, F_DIFFUSERS = 2, F_KOHYA = 4 };
@@ -410,6 +411,12 @@ void df_lora_report_free(df_lora_report *rep)
     memset(rep, 0, sizeof *rep);
 }
 
+static bool is_file(const char *path)
+{
+    struct stat sb;
+    return stat(path, &sb) == 0 && !S_ISDIR(sb.st_mode);
+}
+
 df_status df_lora_parse_arg(const char *arg, char **path, float *scale)
 {
     *scale = 1.0f;
@@ -421,6 +428,15 @@ df_status df_lora_parse_arg(const char *arg, char **path, float *scale)
         if (*end == '\0' && isfinite(v)) {
             *scale = (float)v;
             len = (size_t)(colon - arg);
+        } else if (colon > arg && !is_file(arg)) {
+            /* "FILE:abc" with FILE there and no file of the whole name: the
+             * user meant a scale, and "No such file" would mislead. */
+            char *head = strndup(arg, (size_t)(colon - arg));
+            bool bad_scale = head && is_file(head);
+            free(head);
+            if (bad_scale)
+                return df_fail(DF_ERR_ARG, "bad scale '%s' in '%s' (want FILE[:SCALE], SCALE "
+                               "a finite number)", colon + 1, arg);
         }
     }
     if (len == 0)

@@ -53,7 +53,8 @@ df_status df_lora_check(const char *path, df_weights *unet, df_weights *text_enc
 
 /* Parse "file.safetensors[:scale]" as df-sample's --lora takes it. The
  * returned path is malloc'd. A trailing ":x" is a scale only if x parses as
- * a number, so paths with colons still work. */
+ * a finite number, so paths with colons still work; but when "FILE:x" is not
+ * a file and FILE is, x is a bad scale (DF_ERR_ARG naming x). */
 df_status df_lora_parse_arg(const char *arg, char **path, float *scale);
 
 #endif

@@ -630,6 +630,26 @@ int df_scheduler_num_train_timesteps(const df_scheduler *s) { return s->num_trai
 const float *df_scheduler_betas(const df_scheduler *s) { return s->betas; }
 const float *df_scheduler_alphas_cumprod(const df_scheduler *s) { return s->acp; }
 const char *df_scheduler_class_name(const df_scheduler *s) { return s->class_name; }
+
+const char *df_scheduler_short_name(const df_scheduler *s)
+{
+    switch (s->kind) {
+    case DF_SK_DDIM: return "ddim";
+    case DF_SK_DDPM: return "ddpm";
+    case DF_SK_PNDM: return "pndm";
+    case DF_SK_EULER: return "euler";
+    case DF_SK_EULER_A: return "euler_ancestral";
+    case DF_SK_LMS: return "lms";
+    case DF_SK_DPM:
+        /* The DPM names say what they force: the algorithm and Karras
+         * sigmas (a config's other solver_order is not in the name). */
+        if (s->dpm_algo == DF_DPM_SDE_PP)
+            return s->use_karras ? "dpmpp_2m_sde_karras" : "dpmpp_2m_sde";
+        return s->use_karras ? "dpmpp_2m_karras" : "dpmpp_2m";
+    case DF_SK_UNIPC: return "unipc";
+    }
+    return s->class_name;
+}
 df_pred_type df_scheduler_prediction(const df_scheduler *s) { return s->pred; }
 const float *df_scheduler_pred_original(const df_scheduler *s) { return s->has_x0 ? s->x0 : NULL; }
 

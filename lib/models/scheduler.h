@@ -67,6 +67,10 @@ df_status df_scheduler_parse_config(const char *text, json_t **out);
 /* The short names above, NULL-terminated (for usage messages). */
 const char *const *df_scheduler_names(void);
 const char *df_scheduler_class_name(const df_scheduler *s);   /* "DDIMScheduler" */
+/* The short name above that builds this scheduler ("ddim", "euler_ancestral",
+ * "dpmpp_2m_karras"): the one name records and PNG text use, whether the
+ * scheduler came from the model's config, a class name or a short alias. */
+const char *df_scheduler_short_name(const df_scheduler *s);
 df_pred_type df_scheduler_prediction(const df_scheduler *s);
 
 /* Build the schedule for num_inference_steps (1 .. num_train_timesteps) and

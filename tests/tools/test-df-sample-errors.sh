@@ -285,6 +285,8 @@ st lora-alpha.safetensors lora unet.down_blocks.0.attentions.0.transformer_block
 st lora-alpha.safetensors alpha unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.alpha inf
 expect_fail lora-alpha 1 'lora-alpha\.safetensors.*alpha.*not finite' --model good --lora lora-alpha.safetensors "${M[@]}"
 expect_fail lora-colon 1 'lora-nan\.safetensors:' --model good --lora "lora-nan.safetensors:" "${M[@]}"
+# FILE:abc with FILE there: a bad scale (usage), not "No such file".
+expect_fail lora-scale 2 "bad scale 'abc'" --model good --lora "lora-nan.safetensors:abc" "${M[@]}"
 
 # 7. Prompts: too long (warning, truncated, image written), bad records.
 long=$(printf 'face %.0s' $(seq 1 100))

@@ -99,7 +99,28 @@ run_peft() {
     compare_run "$T/peft_ref" lat-peft.st "$(fname rec-peft.jsonl)" || fail "peft LoRA differs"
 }
 run_peft
-grep -q "peft format, 272 of 272 tensors applied" err-peft.txt || fail "LoRA report missing: $(cat err-peft.txt)"
+grep -q "tensors applied" err-peft.txt && fail "--quiet did not silence the LoRA report: $(cat err-peft.txt)"
+# A complete match is information, not a warning; a partial one stays a warning.
+"$S" --model "$FX/pipeline" -p "a face" --steps 1 --out lo --lora "$FX/lora/peft_lora.safetensors" \
+    > /dev/null 2> lo.err || fail "LoRA run: $(cat lo.err)"
+grep -q "^df-sample: .*peft format, all 272 tensors applied" lo.err || fail "LoRA report missing: $(cat lo.err)"
+grep -q "warning" lo.err && fail "a complete LoRA match reported as a warning: $(cat lo.err)"
+$PY - "$FX/lora/peft_lora.safetensors" partial.safetensors <<'EOF2'
+import json, struct, sys
+b = open(sys.argv[1], "rb").read()
+n = struct.unpack("<Q", b[:8])[0]
+h = json.loads(b[8:8 + n])
+data = b[8 + n:]
+h["unet.no.such.module.lora_A.weight"] = {"dtype": "F32", "shape": [1], "data_offsets": [len(data), len(data) + 4]}
+data += bytes(4)
+hdr = json.dumps(h).encode()
+hdr += b" " * (-len(hdr) % 8)
+open(sys.argv[2], "wb").write(struct.pack("<Q", len(hdr)) + hdr + data)
+EOF2
+"$S" --model "$FX/pipeline" -p "a face" --steps 1 --out lo --quiet --lora partial.safetensors \
+    > /dev/null 2> lp.err || fail "partial LoRA run: $(cat lp.err)"
+grep -q "^df-sample: warning: .*272 of 273 tensors applied" lp.err || fail "partial LoRA: no warning: $(cat lp.err)"
+grep -q "matched nothing: unet.no.such.module.lora_A.weight" lp.err || fail "partial LoRA: tensor not named: $(cat lp.err)"
 
 # 2. The record and the PNG's text chunks.
 $PY - rec-pipeline_ddim.jsonl <<'EOF2' || fail "record or PNG text chunk"
@@ -112,6 +133,41 @@ for k in ("file_name", "prompt", "negative_prompt", "seed", "steps", "guidance",
 assert r["width"] == 64 and r["height"] == 64 and r["steps"] > 0 and r["guidance"] == 7.5, r
 info = Image.open(r["file_name"]).info
 assert "Steps: " in info["parameters"] and json.loads(info["diffyface"])["prompt"] == r["prompt"]
+EOF2
+
+# 2b. Floats as the user gave them; LoRAs in the A1111 parameters; UTF-8 text in iTXt.
+"$S" --model "$FX/pipeline" --out fl --quiet -p "a face" --seed 3 --steps 1 --guidance 7.3 \
+    --lora "$FX/lora/peft_lora.safetensors:0.8" --lora "$FX/lora/kohya_lora.safetensors:0.1" \
+    > fl.jsonl 2> fl.err || fail "float run: $(cat fl.err)"
+grep -q '"guidance":7.3,' fl.jsonl || fail "guidance not as given: $(cat fl.jsonl)"
+grep -q '"scale":0.8}' fl.jsonl && grep -q '"scale":0.1}' fl.jsonl || fail "LoRA scale not as given: $(cat fl.jsonl)"
+H1=$(sha256sum "$FX/lora/peft_lora.safetensors" | cut -c1-12)
+H2=$(sha256sum "$FX/lora/kohya_lora.safetensors" | cut -c1-12)
+$PY - fl.jsonl "$H1" "$H2" <<'EOF2' || fail "PNG parameters with LoRAs"
+import json, sys
+from PIL import Image
+r = json.loads(open(sys.argv[1]).readline())
+info = Image.open(r["file_name"]).info
+p = info["parameters"]
+assert p.startswith("a face <lora:peft_lora:0.8> <lora:kohya_lora:0.1>\n"), p
+assert 'Lora hashes: "peft_lora: %s, kohya_lora: %s"' % (sys.argv[2], sys.argv[3]) in p, p
+assert "CFG scale: 7.3," in p, p
+assert '"scale":0.8}' in info["diffyface"] and '"guidance":7.3,' in info["diffyface"], info["diffyface"]
+EOF2
+U='猫の顔 😀 café'
+"$S" --model "$FX/pipeline" --out u8 --quiet -p "$U" --seed 3 --steps 1 > u8.jsonl 2> u8.err || fail "UTF-8 run: $(cat u8.err)"
+$PY - u8.jsonl "$U" fl.jsonl <<'EOF2' || fail "UTF-8 prompt does not round-trip through the PNG (iTXt)"
+import json, sys
+from PIL import Image
+r = json.loads(open(sys.argv[1], encoding="utf-8").readline())
+im = Image.open(r["file_name"])
+assert im.text["parameters"].split("\n")[0] == sys.argv[2], im.text["parameters"]
+assert json.loads(im.text["diffyface"])["prompt"] == sys.argv[2]
+raw = open(r["file_name"], "rb").read()
+assert b"iTXtparameters\0" in raw and b"tEXtparameters\0" not in raw
+# An ASCII prompt still gives tEXt.
+raw = open(json.loads(open(sys.argv[3]).readline())["file_name"], "rb").read()
+assert b"tEXtparameters\0" in raw and b"iTXt" not in raw
 EOF2
 
 # 3. JSONL prompts: a good one, a broken line, one with a bad field, seeds.
@@ -139,7 +195,22 @@ $PY -c 'import sys; from PIL import Image; sys.exit(Image.open(sys.argv[1]).toby
     fail "--variant fp16 run: $(cat v16.err)"
 grep -q "text_encoder: no fp16 weight file" v16.err || fail "no fallback warning for the text encoder"
 grep -q "unet: no fp16" v16.err && fail "the UNet has an fp16 file but it was not used"
-grep -q '"scheduler":"DDIMScheduler"' s1.jsonl || fail "record does not name the model's scheduler"
+grep -q '"scheduler":"ddim"' s1.jsonl || fail "record does not name the model's scheduler as ddim: $(cat s1.jsonl)"
+# One naming: the default, a class name and an alias all give the short name.
+grep -q '"scheduler":"euler_ancestral"' jl.jsonl || fail "record: scheduler not euler_ancestral: $(cat jl.jsonl)"
+"$S" --model "$FX/pipeline" --out cls --quiet -p "a face" --seed 3 --steps 1 --scheduler EulerAncestralDiscreteScheduler > cls.jsonl 2>/dev/null
+"$S" --model "$FX/pipeline" --out cls --quiet -p "a face" --seed 3 --steps 1 --scheduler euler_a > ali.jsonl 2>/dev/null
+for f in cls.jsonl ali.jsonl s1.jsonl; do
+    $PY - "$f" <<'EOF2' || fail "$f: scheduler names differ between record and PNG: $(cat "$f")"
+import json, sys
+from PIL import Image
+r = json.loads(open(sys.argv[1]).readline())
+info = Image.open(r["file_name"]).info
+assert r["scheduler"] in ("ddim", "euler_ancestral"), r
+assert "Sampler: %s," % r["scheduler"] in info["parameters"], info["parameters"]
+assert json.loads(info["diffyface"])["scheduler"] == r["scheduler"]
+EOF2
+done
 
 # 4. Long prompt: truncated with a warning.
 long=$(printf 'face %.0s' $(seq 1 100))

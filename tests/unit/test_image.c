@@ -640,6 +640,23 @@ static void test_encoders(void)
             found = true;
     CHECK(found);
     free(buf);
+    /* Text beyond Latin-1 (CJK, emoji) goes into iTXt (UTF-8, uncompressed,
+     * empty language and translated keyword); Latin-1 text stays tEXt, in
+     * Latin-1 as PNG defines it; ASCII is unchanged. */
+    const char *ukv[] = { "parameters", "\xe7\x8c\xab \xf0\x9f\x98\x80", "ascii", "plain",
+                          "latin", "caf\xc3\xa9", NULL };
+    CHECK(df_image_encode_png_mem(&src, ukv, &buf, &n) == DF_OK);
+    static const char itxt[] = "iTXtparameters\0\0\0\0\0\xe7\x8c\xab \xf0\x9f\x98\x80";
+    static const char ascii[] = "tEXtascii\0plain", latin[] = "tEXtlatin\0caf\xe9";
+    bool fi = false, fa = false, fl = false, ft = false;
+    for (size_t i = 0; i + 40 < n; i++) {
+        fi |= !memcmp(buf + i, itxt, sizeof itxt - 1);
+        fa |= !memcmp(buf + i, ascii, sizeof ascii - 1);
+        fl |= !memcmp(buf + i, latin, sizeof latin - 1);
+        ft |= !memcmp(buf + i, "tEXtparameters", 14);
+    }
+    CHECK(fi && fa && fl && !ft);
+    free(buf);
     const char *badkv[] = { "", "x", NULL };
     CHECK(df_image_encode_png_mem(&src, badkv, &buf, &n) == DF_ERR_ARG);
 

@@ -202,5 +202,33 @@ int main(void)
     CHECK(df_lora_parse_arg("dir:a/x.safetensors", &p, &sc) == DF_OK && !strcmp(p, "dir:a/x.safetensors") && sc == 1.0f);
     free(p);
     CHECK(df_lora_parse_arg(":2", &p, &sc) == DF_ERR_ARG);
+    /* FILE:abc where FILE exists and FILE:abc does not: a bad scale, named;
+     * an existing file whose name ends in ":abc" is still a path. */
+    const char *real = fxpath("lora/peft_lora.safetensors");
+    char arg[4200];
+    snprintf(arg, sizeof arg, "%s:abc", real);
+    CHECK(df_lora_parse_arg(arg, &p, &sc) == DF_ERR_ARG && strstr(df_last_error(), "'abc'"));
+    snprintf(arg, sizeof arg, "%s:inf", real);
+    CHECK(df_lora_parse_arg(arg, &p, &sc) == DF_ERR_ARG && strstr(df_last_error(), "'inf'"));
+    char dir[] = "/tmp/df-test-lora-XXXXXX";
+    if (mkdtemp(dir)) {
+        char colon[256], plain[256];
+        snprintf(colon, sizeof colon, "%s/a.safetensors:abc", dir);
+        snprintf(plain, sizeof plain, "%s/a.safetensors", dir);
+        FILE *f1 = fopen(colon, "w"), *f2 = fopen(plain, "w");
+        if (f1)
+            fclose(f1);
+        if (f2)
+            fclose(f2);
+        CHECK(df_lora_parse_arg(colon, &p, &sc) == DF_OK && !strcmp(p, colon) && sc == 1.0f);
+        free(p);
+        unlink(colon);
+        unlink(plain);
+        rmdir(dir);
+    }
+    /* Neither exists: left to the open, which names the file. */
+    CHECK(df_lora_parse_arg("/nonexistent/x.safetensors:abc", &p, &sc) == DF_OK &&
+          !strcmp(p, "/nonexistent/x.safetensors:abc"));
+    free(p);
     UNIT_END();
 }
