@@ -61,7 +61,11 @@ for kind in ("base", "lora"):
 print("metrics:", [round(r["loss"], 3) for r in m])
 EOF
 check "loss summary printed" grep -q '^train.mk: 6 steps; mean loss of the first 6: ' demo.out
-check "LoRA report: every tensor applied" grep -q 'pytorch_lora_weights.safetensors: peft format, 272 of 272 tensors applied' demo.err
+# (train.mk samples with --quiet, which silences df-sample's LoRA report)
+"$DF_BIN/df-sample" --model "$D/model" -p face --steps 1 --out "$D/lora-check" \
+    --lora "$D/lora/pytorch_lora_weights.safetensors" >/dev/null 2>lora.err
+check "LoRA report: every tensor applied" grep -q 'pytorch_lora_weights.safetensors: peft format, all 272 tensors applied' lora.err
+rm -rf "$D/lora-check"
 check "summary: where the LoRA is" grep -q "^demo: LoRA     $D/lora/pytorch_lora_weights.safetensors" demo.out
 check "summary: where the samples are" grep -q "^demo: open $D/samples/index.html" demo.out
 

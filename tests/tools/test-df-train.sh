@@ -178,10 +178,10 @@ sample() {   # name, extra args...
     "$S" --model "$MODEL" -p "a red striped face" --steps 4 --seed 11 --out "s-$n" "$@" >"s-$n.jsonl" 2>"s-$n.err"
     check "df-sample $n: exit 0 ($(tail -1 s-$n.err))" [ $? -eq 0 ]
 }
-applied_all() {   # stderr file, LoRA file: "N of N tensors applied", N = tensors in the file
+applied_all() {   # stderr file, LoRA file: "all N tensors applied", N = tensors in the file
     local n
     n=$(st_keys "$2" | wc -l)
-    grep -q "$2: [a-z]* format, $n of $n tensors applied" "$1" && ! grep -q 'matched nothing' "$1"
+    grep -q "$2: [a-z]* format, all $n tensors applied" "$1" && ! grep -q 'matched nothing' "$1"
 }
 sample base
 sample fit --lora fit/pytorch_lora_weights.safetensors
