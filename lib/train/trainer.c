@@ -504,7 +504,7 @@ static df_status save_final(run *r, const char *path, long epochs_done)
     KV("%g", o->train_text_encoder ? o->text_lr : 0.0);
     KV("%ld", r->st.step);
     KV("%ld", epochs_done);
-    KV("%d", r->h * 8);
+    KV("%d", df_latent_cache_resolution(r->cache));
     KV("%g", o->noise_offset);
     KV("%g", o->snr_gamma);
     KV("%d", o->batch_size);
