@@ -11,6 +11,7 @@
 #include <fcntl.h>
 #include <getopt.h>
 #include <libgen.h>
+#include <limits.h>
 #include <openssl/evp.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -30,7 +31,8 @@ static void usage(void)
     printf(USAGE
            "Merge metadata.jsonl files (FILE '-' is stdin; none means stdin) into one on\n"
            "stdout, or into an ImageFolder dataset with --out. file_name resolves\n"
-           "against each input's directory (stdin: the current directory).\n"
+           "against each input's directory (stdin: the current directory); on stdout it\n"
+           "is rewritten relative to the output file's directory (else the current one).\n"
            "\n"
            "  -o, --out DIR          write DIR/metadata.jsonl and the images (hard links,\n"
            "                         copies across file systems); failed records to stdout\n"
@@ -38,8 +40,10 @@ static void usage(void)
            "  -s, --source NAME      set source=NAME on records of the following inputs\n"
            "                         that have none ('' stops)\n"
            "  -d, --dedupe KIND      name (default) or content (also sha256 of the image)\n"
-           "  -c, --on-conflict P    same file_name, different text or image: keep first\n"
-           "                         (default), last, or rename (prefix source or input#)\n"
+           "  -c, --on-conflict P    same file_name with different text or image, or (with\n"
+           "                         --dedupe content) same image with different text:\n"
+           "                         keep first (default), last, rename (keep both; prefix\n"
+           "                         source or input#), or fail (exit 1, nothing written)\n"
            "      --verify           check that every image exists and decodes\n"
            "      --source-dirs      prefix file_name with the source (or input<N>), giving\n"
            "                         each source its own directory\n"
@@ -52,7 +56,7 @@ static void usage(void)
            "  -h, --help             this help\n");
 }
 
-typedef enum { KEEP_FIRST, KEEP_LAST, RENAME } conflict_policy;
+typedef enum { KEEP_FIRST, KEEP_LAST, RENAME, FAIL } conflict_policy;
 
 typedef struct {
     json_t *rec;
@@ -77,6 +81,7 @@ typedef struct {
     json_t *by_name;       /* file_name -> entry index */
     json_t *by_hash;       /* hex sha256 -> entry index */
     df_progress prog;
+    char *out_base;        /* stdout mode: absolute directory file_name is made relative to */
     /* counts for the summary */
     long in, out, dup, content_dup, conflicts, missing, errors, no_text, no_text_dropped,
          errors_dropped, linked, copied;
@@ -260,10 +265,11 @@ static void resolve_name_clash(merge *m, size_t ki, size_t ni, const char *fn)
     }
     m->conflicts++;
     const char *what = !st && !si ? "text and image" : !st ? "text" : "image";
-    if (m->policy == KEEP_FIRST) {
+    if (m->policy == KEEP_FIRST || m->policy == FAIL) {
         n->dropped = true;
-        df_warn("conflict: \"%s\": %s:%ld and %s:%ld have different %s; keeping the first", fn,
-                m->inputs[k->input], k->line, m->inputs[n->input], n->line, what);
+        df_warn("conflict: \"%s\": %s:%ld and %s:%ld have different %s; %s", fn,
+                m->inputs[k->input], k->line, m->inputs[n->input], n->line, what,
+                m->policy == FAIL ? "failing" : "keeping the first");
     } else if (m->policy == KEEP_LAST) {
         /* The later record takes the earlier one's place in the output. */
         df_warn("conflict: \"%s\": %s:%ld and %s:%ld have different %s; keeping the last", fn,
@@ -289,6 +295,155 @@ static void resolve_name_clash(merge *m, size_t ki, size_t ni, const char *fn)
         index_hash(m, ni);
         free(name);
     }
+}
+
+/* The new record `ni` has the same image bytes as kept record `ki` under
+ * another name, and another caption: a conflict, decided by the policy
+ * like a name conflict (rename keeps both: their names already differ). */
+static void resolve_content_clash(merge *m, size_t ki, size_t ni, const char *fn)
+{
+    entry *k = &m->e[ki], *n = &m->e[ni];
+    const char *kfn = df_rec_str(k->rec, "file_name");
+    m->conflicts++;
+    const char *act = m->policy == KEEP_LAST ? "keeping the last"
+                      : m->policy == RENAME  ? "keeping both"
+                      : m->policy == FAIL    ? "failing"
+                                             : "keeping the first";
+    df_warn("conflict: \"%s\" and \"%s\": %s:%ld and %s:%ld have the same image and different "
+            "text; %s", kfn, fn, m->inputs[k->input], k->line, m->inputs[n->input], n->line, act);
+    if (m->policy == KEEP_LAST) {
+        /* The later record takes the earlier one's place (and its hash). */
+        json_object_del(m->by_name, kfn);
+        entry tmp = *k;
+        *k = *n;
+        *n = tmp;
+        n->dropped = true;
+        index_name(m, fn, ki);
+    } else if (m->policy == RENAME) {
+        index_name(m, fn, ni);
+    } else {
+        n->dropped = true;
+    }
+}
+
+/* ---- paths ---- */
+
+/* p with "." and empty components removed and ".." applied where a
+ * component precedes it ("sub/../sub/a.jpg" is "sub/a.jpg"; "/.." is "/").
+ * *escapes (may be NULL) is set when a relative p goes above its start.
+ * New string; "." for nothing. */
+static char *lexical_norm(const char *p, bool *escapes)
+{
+    bool abs = p[0] == '/';
+    size_t L = strlen(p);
+    char *out = malloc(L + 3), *o = out;
+    if (!out) {
+        df_error("out of memory");
+        exit(1);
+    }
+    size_t base = 0;   /* out[0..base) is "/" or "../../" that ".." cannot remove */
+    if (abs)
+        *o++ = '/', base = 1;
+    if (escapes)
+        *escapes = false;
+    for (const char *s = p; *s;) {
+        size_t k = strcspn(s, "/");
+        if (k == 2 && s[0] == '.' && s[1] == '.') {
+            if ((size_t)(o - out) > base) {      /* drop the last component */
+                while (o > out + base && o[-1] != '/')
+                    o--;
+                if (o > out + base)
+                    o--;                          /* its separator */
+            } else if (!abs) {
+                if (escapes)
+                    *escapes = true;
+                memcpy(o, o > out ? "/.." : "..", o > out ? 3 : 2);
+                o += o > out ? 3 : 2;
+                base = (size_t)(o - out);
+            }
+        } else if (k && !(k == 1 && s[0] == '.')) {
+            if ((size_t)(o - out) > (abs ? 1 : 0))
+                *o++ = '/';
+            memcpy(o, s, k);
+            o += k;
+        }
+        s += k;
+        s += *s == '/';
+    }
+    if (o == out)
+        *o++ = '.';
+    *o = '\0';
+    return out;
+}
+
+/* Absolute and normalised. */
+static char *abs_norm(const char *p)
+{
+    if (p[0] == '/')
+        return lexical_norm(p, NULL);
+    static char cwd[PATH_MAX];   /* asked once: one call per record adds up */
+    if (!cwd[0] && !getcwd(cwd, sizeof cwd))
+        snprintf(cwd, sizeof cwd, "/");
+    size_t cap = strlen(cwd) + strlen(p) + 2;
+    char *j = malloc(cap);
+    if (!j) {
+        df_error("out of memory");
+        exit(1);
+    }
+    snprintf(j, cap, "%s/%s", cwd, p);
+    char *n = lexical_norm(j, NULL);
+    free(j);
+    return n;
+}
+
+/* Path of target relative to directory base (both absolute, normalised). */
+static char *relative_to(const char *base, const char *target)
+{
+    size_t i = 0, common = 0;
+    for (;; i++) {                    /* common = end of the last shared component */
+        char b = base[i], t = target[i];
+        if ((b == '/' || !b) && (t == '/' || !t))
+            common = i;
+        if (!b || !t || b != t)
+            break;
+    }
+    size_t ups = 0;
+    if (!strcmp(base, "/"))
+        common = 0;
+    else
+        for (const char *s = base + common; *s; s++)
+            ups += *s == '/';
+    const char *rest = target + common + (target[common] == '/');
+    size_t cap = 3 * ups + strlen(rest) + 2;
+    char *r = malloc(cap), *o = r;
+    if (!r) {
+        df_error("out of memory");
+        exit(1);
+    }
+    for (size_t u = 0; u < ups; u++)
+        o += sprintf(o, u + 1 < ups || *rest ? "../" : "..");
+    snprintf(o, cap - (size_t)(o - r), "%s", rest);
+    if (!*r)
+        snprintf(r, cap, ".");
+    return r;
+}
+
+/* The directory the stdout records will be read from: that of the file
+ * stdout is redirected to, else the current directory. */
+static char *output_base(void)
+{
+    struct stat sb;
+    char buf[PATH_MAX];
+    if (fstat(STDOUT_FILENO, &sb) == 0 && S_ISREG(sb.st_mode)) {
+        ssize_t k = readlink("/proc/self/fd/1", buf, sizeof buf - 1);
+        if (k > 0 && buf[0] == '/') {
+            buf[k] = '\0';
+            char *slash = strrchr(buf, '/');
+            slash[slash == buf] = '\0';
+            return lexical_norm(buf, NULL);
+        }
+    }
+    return abs_norm(".");
 }
 
 /* ---- reading ---- */
@@ -336,6 +491,14 @@ static void add_record(merge *m, json_t *rec, int input, long line, const char *
         add_failed(m, rec, input, line);
         return;
     }
+    bool escapes;
+    char *norm = lexical_norm(fn, &escapes);
+    if (!escapes && strcmp(norm, fn)) {
+        /* "sub/../sub/a.jpg" is "sub/a.jpg": one name for dedupe and --out. */
+        df_rec_set_str(rec, "file_name", norm);
+        fn = df_rec_str(rec, "file_name");
+    }
+    free(norm);
     const char *text = df_rec_str(rec, "text");
     if (!text || !*text) {
         m->no_text++;
@@ -383,10 +546,16 @@ static void add_record(merge *m, json_t *rec, int input, long line, const char *
     if (m->dedupe_content) {
         char hex[65];
         hex32(e->sha, hex);
-        if (json_object_get(m->by_hash, hex)) {
-            m->dup++;
-            m->content_dup++;
-            e->dropped = true;
+        json_t *h = json_object_get(m->by_hash, hex);
+        if (h) {
+            size_t ki = (size_t)json_integer_value(h);
+            if (same_text(m->e[ki].rec, rec)) {
+                m->dup++;
+                m->content_dup++;
+                e->dropped = true;
+            } else {
+                resolve_content_clash(m, ki, ni, fn);
+            }
             return;
         }
     }
@@ -412,6 +581,7 @@ static df_status read_input(merge *m, int idx, const char *arg, const char *sour
     }
     df_jsonl_reader r;
     df_jsonl_reader_init(&r, fp);
+    r.name = m->inputs[idx];   /* a bad line's error names its file */
     df_status s;
     json_t *rec;
     while ((s = df_jsonl_next(&r, &rec)) == DF_OK && rec) {
@@ -435,6 +605,14 @@ static int write_records_stdout(merge *m)
     for (size_t i = 0; i < m->n; i++) {
         if (m->e[i].dropped)
             continue;
+        const char *fn = df_rec_str(m->e[i].rec, "file_name");
+        if (m->e[i].path && fn && fn[0] != '/') {
+            /* Resolve from where the output is read: its own directory. */
+            char *a = abs_norm(m->e[i].path), *rel = relative_to(m->out_base, a);
+            df_rec_set_str(m->e[i].rec, "file_name", rel);
+            free(a);
+            free(rel);
+        }
         if (df_jsonl_write_fd(STDOUT_FILENO, m->e[i].rec) != DF_OK) {
             df_error("stdout: %s", df_last_error());
             return 1;
@@ -545,7 +723,7 @@ static bool materialize(merge *m, entry *e)
         df_rec_set_error(e->rec, "file_name \"%s\" would leave the dataset directory", fn);
         return false;
     }
-    char *dst = resolve_path(m->out_dir, fn);
+    char *dst = resolve_path(m->out_dir, fn);   /* fn is normalised (add_record) */
     df_status s = place_image(m, e->path, dst);
     free(dst);
     if (s == DF_OK)
@@ -678,7 +856,9 @@ static int parse_args(int argc, char **argv, merge *m, input_arg **ins, int *nin
             if (!strcmp(optarg, "first")) m->policy = KEEP_FIRST;
             else if (!strcmp(optarg, "last")) m->policy = KEEP_LAST;
             else if (!strcmp(optarg, "rename")) m->policy = RENAME;
-            else df_usage_error("--on-conflict: expected first, last or rename, got '%s'", optarg);
+            else if (!strcmp(optarg, "fail")) m->policy = FAIL;
+            else df_usage_error("--on-conflict: expected first, last, rename or fail, got '%s'",
+                                optarg);
             break;
         case O_VERIFY: m->verify = true; break;
         case O_REQTEXT: m->require_text = true; break;
@@ -727,6 +907,12 @@ int main(int argc, char **argv)
             rc = 1;
         }
     df_progress_finish(&m.prog);
+    if (!rc && m.policy == FAIL && m.conflicts > 0) {
+        df_error("--on-conflict fail: %ld conflicts, nothing written", m.conflicts);
+        rc = 1;
+    }
+    if (!rc && !m.out_dir)
+        m.out_base = output_base();
     if (!rc)
         rc = m.out_dir ? write_dataset(&m) : write_records_stdout(&m);
     if (fflush(stdout) != 0 || ferror(stdout) || fclose(stdout) != 0) {
@@ -745,6 +931,7 @@ int main(int argc, char **argv)
     free(m.e);
     free(ins);
     free(m.inputs);
+    free(m.out_base);
     json_decref(m.by_name);
     json_decref(m.by_hash);
     return rc;

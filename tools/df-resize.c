@@ -45,6 +45,7 @@ static const char usage_text[] =
     "  --format FMT       jpg or png (default jpg)\n"
     "  --quality N        JPEG quality 1-100 (default 95)\n"
     "  --min-side N       error \"too small\" when the shorter side is below N\n"
+    "                     (else smaller images are upscaled, marked upscaled: true)\n"
     "  --max-side N       error \"too large\" when the longer side is above N\n"
     "  --max-pixels N     refuse images with more pixels (default 100000000)\n"
     "  --no-dct-scaling   always decode JPEGs at full size\n"
@@ -357,7 +358,7 @@ static bool resize_one(const options *o, const char *src, const char *dst, json_
     df_rec_set_int(rec, "source_width", w);
     df_rec_set_int(rec, "source_height", h);
     if (o->min_side && (w < h ? w : h) < o->min_side) {
-        df_rec_set_error(rec, "too small: %dx%d, shorter side below %d", w, h, o->min_side);
+        df_rec_set_error(rec, "too small: %dx%d, smaller than --min-side %d", w, h, o->min_side);
         goto out;
     }
     if (o->max_side && (w > h ? w : h) > o->max_side) {
@@ -378,6 +379,10 @@ static bool resize_one(const options *o, const char *src, const char *dst, json_
         goto fail;
     df_rec_set_int(rec, "width", fitted.w);
     df_rec_set_int(rec, "height", fitted.h);
+    /* The side the fit scales to --size (the shorter for a center crop,
+     * else the longer) was below it: the pixels were made up. */
+    if ((o->fit == DF_FIT_CENTER ? (w < h ? w : h) : (w > h ? w : h)) < o->size)
+        json_object_set_new(rec, "upscaled", json_true());
     ok = true;
     goto out;
 fail:
@@ -499,7 +504,7 @@ static df_status next_record(source *src, json_t **rec)
     if (s)
         json_object_set_new(*rec, "file_name", s);
     else   /* JSON strings are UTF-8: such a name cannot be a record field */
-        df_rec_set_error(*rec, "file name is not valid UTF-8 (file %zu of the scan)", src->i);
+        df_rec_set_error(*rec, "file name is not valid UTF-8: %s", name);   /* stored escaped */
     return DF_OK;
 }
 

@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <pthread.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -32,17 +33,98 @@ static bool is_blank(const char *s, size_t n)
     return true;
 }
 
-static json_t *error_record(long lineno, const char *why, const char *raw, size_t n)
+/* Length of the valid UTF-8 sequence at s[0..n), 0 if it is not one
+ * (overlong forms, surrogates and code points above U+10FFFF are invalid,
+ * as for jansson). NUL counts as invalid here: it cannot be in a C string. */
+static size_t utf8_seq(const unsigned char *s, size_t n)
+{
+    unsigned c = s[0];
+    size_t len;
+    unsigned cp;
+    if (c == 0)
+        return 0;
+    if (c < 0x80)
+        return 1;
+    if (c >= 0xc2 && c <= 0xdf) { len = 2; cp = c & 0x1f; }
+    else if (c >= 0xe0 && c <= 0xef) { len = 3; cp = c & 0x0f; }
+    else if (c >= 0xf0 && c <= 0xf4) { len = 4; cp = c & 0x07; }
+    else return 0;
+    if (n < len)
+        return 0;
+    for (size_t i = 1; i < len; i++) {
+        if ((s[i] & 0xc0) != 0x80)
+            return 0;
+        cp = cp << 6 | (s[i] & 0x3f);
+    }
+    if ((len == 3 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) ||
+        (len == 4 && (cp < 0x10000 || cp > 0x10ffff)))
+        return 0;
+    return len;
+}
+
+char *df_utf8_escape(const char *s, size_t n)
+{
+    const unsigned char *u = (const unsigned char *)s;
+    if (n > (SIZE_MAX - 1) / 4)
+        return NULL;
+    char *out = malloc(4 * n + 1), *o = out;
+    if (!out)
+        return NULL;
+    for (size_t i = 0; i < n;) {
+        size_t k = utf8_seq(u + i, n - i);
+        if (k) {
+            memcpy(o, u + i, k);
+            o += k;
+            i += k;
+        } else {
+            o += sprintf(o, "\\x%02x", u[i]);
+            i++;
+        }
+    }
+    *o = '\0';
+    return out;
+}
+
+static char *base64(const unsigned char *s, size_t n)
+{
+    static const char tab[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    if (n > (SIZE_MAX - 1) / 4 * 3 - 3)
+        return NULL;
+    char *out = malloc((n + 2) / 3 * 4 + 1), *o = out;
+    if (!out)
+        return NULL;
+    for (size_t i = 0; i < n; i += 3) {
+        unsigned v = (unsigned)s[i] << 16 | (i + 1 < n ? (unsigned)s[i + 1] << 8 : 0) |
+                     (i + 2 < n ? s[i + 2] : 0);
+        *o++ = tab[v >> 18 & 63];
+        *o++ = tab[v >> 12 & 63];
+        *o++ = i + 1 < n ? tab[v >> 6 & 63] : '=';
+        *o++ = i + 2 < n ? tab[v & 63] : '=';
+    }
+    *o = '\0';
+    return out;
+}
+
+static json_t *error_record(const char *name, long lineno, const char *why, const char *raw,
+                            size_t n)
 {
     json_t *rec = json_object();
-    char msg[512];
-    snprintf(msg, sizeof msg, "line %ld: %s", lineno, why);
-    json_object_set_new(rec, "error", json_string(msg));
+    if (name)
+        df_rec_set_error(rec, "%s: line %ld: %s", name, lineno, why);
+    else
+        df_rec_set_error(rec, "line %ld: %s", lineno, why);
     json_object_set_new(rec, "input_line", json_integer(lineno));
-    /* Keep the raw text (when it is valid UTF-8) so nothing is lost. */
+    /* Keep the line so nothing is lost: as text when it is valid UTF-8,
+     * else its exact bytes in base64 (a JSON string cannot hold them). */
     json_t *r = json_stringn(raw, n);
-    if (r)
+    if (r) {
         json_object_set_new(rec, "raw", r);
+    } else {
+        char *b = base64((const unsigned char *)raw, n);
+        if (b)
+            json_object_set_new(rec, "raw_base64", json_string(b));
+        free(b);
+    }
     return rec;
 }
 
@@ -68,10 +150,10 @@ df_status df_jsonl_next(df_jsonl_reader *r, json_t **out)
         if (!v) {
             char why[300];
             snprintf(why, sizeof why, "invalid JSON: %s", jerr.text);
-            *out = error_record(r->lineno, why, r->line, (size_t)n);
+            *out = error_record(r->name, r->lineno, why, r->line, (size_t)n);
         } else if (!json_is_object(v)) {
             json_decref(v);
-            *out = error_record(r->lineno, "not a JSON object", r->line, (size_t)n);
+            *out = error_record(r->name, r->lineno, "not a JSON object", r->line, (size_t)n);
         } else {
             *out = v;
         }
@@ -160,9 +242,16 @@ bool df_rec_num(const json_t *rec, const char *key, double *out)
 void df_rec_set_str(json_t *rec, const char *key, const char *val)
 {
     json_t *s = json_string(val);
-    if (!s) /* not valid UTF-8: keep the bytes, escaped lossily, rather than drop the field */
-        s = json_stringn_nocheck(val, strlen(val));
-    json_object_set_new(rec, key, s);
+    if (!s) {
+        /* Not valid UTF-8 (a file name, a message quoting one): keep the
+         * bytes, invalid ones escaped as \xNN, rather than drop the field or
+         * store a string that cannot be serialized. */
+        char *e = df_utf8_escape(val, strlen(val));
+        s = e ? json_string(e) : NULL;
+        free(e);
+    }
+    if (s)
+        json_object_set_new(rec, key, s);
 }
 
 void df_rec_set_int(json_t *rec, const char *key, long long val)

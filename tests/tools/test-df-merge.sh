@@ -3,7 +3,9 @@
 # of each kind (text, image, both) under each policy, content duplicates under
 # other names, missing and corrupt images, malformed lines, records without
 # text or with an upstream error, --out with hard links (link counts) and
-# copies, exit codes, and the man page's EXAMPLES.
+# copies, exit codes, and the man page's EXAMPLES. On stdout, file_name is
+# rewritten to resolve from the output file's directory (here: the test
+# directory, so "red.jpg" of a/metadata.jsonl becomes "a/red.jpg").
 set -u
 : "${DF_BIN:=$(cd "$(dirname "$0")/../.." && pwd)/bin}"
 M="$DF_BIN/df-merge"
@@ -81,35 +83,54 @@ check "default: both conflict named" grep -q '"cboth.png".*different text and im
 check "default: errors 3 (bad line, upstream, no file_name)" [ "$(summ e1 errors)" = 3 ]
 check "default: without text 1" [ "$(summ e1 'without text')" = 1 ]
 check "default: out 16" [ "$(summ e1 out)" = 16 ] && check "default: 16 lines" [ "$(wc -l <o1)" = 16 ]
-check "default: keeps first text" [ "$(field o1 ctext.jpg text)" = "caption from a" ]
-check "default: extra fields kept" [ "$(field o1 red.jpg width)" = 16 ]
-check "default: malformed line kept with error" grep -q '"error": *"line 9' o1
+check "default: keeps first text" [ "$(field o1 a/ctext.jpg text)" = "caption from a" ]
+check "default: extra fields kept" [ "$(field o1 a/red.jpg width)" = 16 ]
+check "default: malformed line kept with error naming its file" grep -q '"error": *"b/metadata.jsonl: line 9' o1
+check "default: names resolve from the output" $PY -c '
+import json, os, sys
+recs = [json.loads(l) for l in open("o1")]
+sys.exit(0 if all(os.path.isfile(r["file_name"]) for r in recs if "error" not in r and r["file_name"] != "missing.jpg" and not r["file_name"].endswith("missing.jpg")) else 1)'
+# Saved in another directory: names are relative to it.
+mkdir -p sub
+"$M" -q a/metadata.jsonl >sub/o1s 2>/dev/null
+check "stdout in sub/: relative to it" [ "$(field sub/o1s ../a/sub/blue.jpg text)" = "a blue face" ]
+check "stdout in sub/: all resolve" $PY -c '
+import json, os, sys
+recs = [json.loads(l) for l in open("sub/o1s")]
+sys.exit(0 if recs and all(os.path.isfile(os.path.join("sub", r["file_name"])) for r in recs) else 1)'
+# A line that is not UTF-8 keeps its bytes (base64), its error names the file.
+printf '{"file_name": "red.jpg", "text": "caf\xe9"}\n' > c/latin1.jsonl
+"$M" -q c/latin1.jsonl >o1u 2>/dev/null
+check "non-UTF-8 line: error names file and line" grep -q '"error":"c/latin1.jsonl: line 1: ' o1u
+check "non-UTF-8 line: bytes kept" [ "$($PY -c 'import json,base64,sys; print(base64.b64decode(json.loads(open(sys.argv[1]).readline())["raw_base64"]) == open(sys.argv[2], "rb").read().rstrip(b"\n"))' o1u c/latin1.jsonl)" = True ]
 check "default: upstream error kept" [ "$(field o1 x.jpg error)" = "HTTP 404" ]
 check "default: no file_name gets error" grep -q '"text":"no file name","error":"no file_name"' o1
 check "default: stdin record" [ "$(field o1 c/c1.jpg text)" = "from stdin" ]
 
 # 2. keep last: the later record takes the earlier one's place.
 "$M" -q --on-conflict last a/metadata.jsonl b/metadata.jsonl >o2 2>e2
-check "last: text" [ "$(field o2 ctext.jpg text)" = "caption from b" ]
-check "last: both" [ "$(field o2 cboth.png text)" = "both b" ]
-check "last: position kept" [ "$($PY -c 'import json,sys; print([json.loads(l).get("file_name") for l in open(sys.argv[1])].index("ctext.jpg"))' o2)" = 4 ]
+check "last: text" [ "$(field o2 b/ctext.jpg text)" = "caption from b" ]
+check "last: both" [ "$(field o2 b/cboth.png text)" = "both b" ]
+check "last: position kept" [ "$($PY -c 'import json,sys; print([json.loads(l).get("file_name") for l in open(sys.argv[1])].index("b/ctext.jpg"))' o2)" = 4 ]
 
 # 3. rename: prefix with source, else with the input number.
-"$M" -q -c rename a/metadata.jsonl b/metadata.jsonl >o3 2>e3
-check "rename: source prefix" [ "$(field o3 laion-face/cboth.png renamed_from)" = cboth.png ]
-check "rename: input prefix" [ "$(field o3 input2/ctext.jpg text)" = "caption from b" ]
-check "rename: original kept" [ "$(field o3 ctext.jpg text)" = "caption from a" ]
+#    (Names are those of --out: on stdout file_name is the image's path.)
+"$M" -q -c rename --out d3 a/metadata.jsonl b/metadata.jsonl >/dev/null 2>e3
+o3=d3/metadata.jsonl
+check "rename: source prefix" [ "$(field $o3 laion-face/cboth.png renamed_from)" = cboth.png ]
+check "rename: input prefix" [ "$(field $o3 input2/ctext.jpg text)" = "caption from b" ]
+check "rename: original kept" [ "$(field $o3 ctext.jpg text)" = "caption from a" ]
 check "rename: reported" grep -q 'renaming the second to "input2/cimg.png"' e3
-"$M" -q -c rename a/metadata.jsonl b/metadata.jsonl b/metadata.jsonl >o3b 2>/dev/null
-check "rename: taken prefix gets -2" [ "$(field o3b laion-face-2/cboth.png text)" = "both b" ]
-check "rename: input number" [ "$(field o3b input3/ctext.jpg text)" = "caption from b" ]
+"$M" -q -c rename --out d3b a/metadata.jsonl b/metadata.jsonl b/metadata.jsonl >/dev/null 2>/dev/null
+check "rename: taken prefix gets -2" [ "$(field d3b/metadata.jsonl laion-face-2/cboth.png text)" = "both b" ]
+check "rename: input number" [ "$(field d3b/metadata.jsonl input3/ctext.jpg text)" = "caption from b" ]
 
 # 4. --source fills source for the inputs that follow, keeps existing ones.
 "$M" -q --source ffhq a/metadata.jsonl --source easyportrait b/metadata.jsonl >o4 2>/dev/null
-check "source: first input" [ "$(field o4 red.jpg source)" = ffhq ]
-check "source: second input" [ "$(field o4 other.jpg source)" = easyportrait ]
+check "source: first input" [ "$(field o4 a/red.jpg source)" = ffhq ]
+check "source: second input" [ "$(field o4 b/other.jpg source)" = easyportrait ]
 "$M" -q --on-conflict last --source ffhq a/metadata.jsonl --source easyportrait b/metadata.jsonl >o4b 2>/dev/null
-check "source: existing kept" [ "$(field o4b cboth.png source)" = laion-face ]
+check "source: existing kept" [ "$(field o4b b/cboth.png source)" = laion-face ]
 
 "$M" -q --source-dirs --source ffhq a/metadata.jsonl --source '' b/metadata.jsonl --out dsd >o4c 2>e4c
 check "source-dirs: prefixed" [ "$(field dsd/metadata.jsonl ffhq/sub/blue.jpg text)" = "a blue face" ]
@@ -118,14 +139,25 @@ check "source-dirs: existing source" [ "$(field dsd/metadata.jsonl laion-face/cb
 check "source-dirs: placed" cmp -s b/cimg.png dsd/input2/cimg.png
 check "source-dirs: no conflicts" [ "$(summ e4c conflicts)" = 0 ]
 
-# 5. --dedupe content: same bytes under another name are a duplicate;
+# 5. --dedupe content: same bytes and caption under another name are a
+#    duplicate; same bytes with another caption a conflict (policy decides);
 #    unreadable images are errors counted as missing.
-"$M" -q --dedupe content a/metadata.jsonl b/metadata.jsonl >o5 2>e5
-check "content: red-again dropped" [ "$(field o5 red-again.jpg text)" = "<no record>" ]
+printf '{"file_name": "../b/red-again.jpg", "text": "a red face"}\n' > c/cdup.jsonl
+"$M" -q --dedupe content a/metadata.jsonl b/metadata.jsonl c/cdup.jsonl >o5 2>e5
+check "content: red-again dropped" [ "$(field o5 b/red-again.jpg text)" = "<no record>" ]
 check "content: counted" grep -q 'duplicates 2 (1 by content)' e5
+check "content: other caption is a conflict" grep -q 'conflict: "red.jpg" and "red-again.jpg": a/metadata.jsonl:1 and b/metadata.jsonl:5 have the same image and different text; keeping the first' e5
+check "content: conflicts 4" [ "$(summ e5 conflicts)" = 4 ]
+"$M" -q --dedupe content -c last a/metadata.jsonl b/metadata.jsonl >o5l 2>/dev/null
+check "content, last: later caption" [ "$(field o5l b/red-again.jpg text)" = "a red face, again" ] && check "content, last: earlier gone" [ "$(field o5l a/red.jpg text)" = "<no record>" ]
+check "content, last: in its place" [ "$(head -1 o5l | grep -c red-again)" = 1 ]
+"$M" -q --dedupe content -c rename a/metadata.jsonl b/metadata.jsonl >o5r 2>/dev/null
+check "content, rename: both captions" [ "$(field o5r b/red-again.jpg text)" = "a red face, again" ] && check "content, rename: first too" [ "$(field o5r a/red.jpg text)" = "a red face" ]
+"$M" -q --dedupe content -c fail a/metadata.jsonl b/metadata.jsonl >o5f 2>e5f
+check "content, fail: exit 1" [ $? -eq 1 ] && check "content, fail: nothing written" [ ! -s o5f ]
 check "content: missing 1" [ "$(summ e5 missing)" = 1 ]
 check "content: missing has error" grep -q '"file_name":"missing.jpg".*"error":"cannot read image' o5
-check "content: truncated file still hashes (not verified)" [ "$(field o5 broken.jpg error)" = "<absent>" ]
+check "content: truncated file still hashes (not verified)" [ "$(field o5 b/broken.jpg error)" = "<absent>" ]
 
 # 6. --verify: missing and corrupt images become errors; --strict exits 1.
 "$M" -q --verify a/metadata.jsonl b/metadata.jsonl >o6 2>e6
@@ -185,13 +217,18 @@ printf '{"file_name": "../a/red.jpg", "text": "escape"}\n' > c/esc.jsonl
 "$M" -q --out de c/esc.jsonl >o10 2>/dev/null
 check "escape: error" grep -q 'would leave the dataset directory' o10
 check "escape: dataset empty" [ ! -s de/metadata.jsonl ]
+# A name that only seems to leave is normalised and kept.
+printf '{"file_name": "sub/../sub/blue.jpg", "text": "inside"}\n' > a/norm.jsonl
+"$M" -q --out dn a/norm.jsonl >o10n 2>/dev/null
+check "normalised: not refused" [ ! -s o10n ] && check "normalised: placed" cmp -s a/sub/blue.jpg dn/sub/blue.jpg
+check "normalised: name" [ "$(field dn/metadata.jsonl sub/blue.jpg text)" = inside ]
 
 # 11. Usage, help, and run failures.
 "$M" --help >h 2>&1
 check "help: exit 0" [ $? -eq 0 ] && check "help: usage" grep -q '^Usage: df-merge \[OPTIONS\]' h
 "$M" --bogus >/dev/null 2>eu; check "bad option: exit 2" [ $? -eq 2 ]
 "$M" --on-conflict maybe a/metadata.jsonl >/dev/null 2>eu; check "bad policy: exit 2" [ $? -eq 2 ]
-check "bad policy: message" grep -q "^df-merge: --on-conflict: expected first, last or rename" eu
+check "bad policy: message" grep -q "^df-merge: --on-conflict: expected first, last, rename or fail" eu
 "$M" --dedupe pixels a/metadata.jsonl >/dev/null 2>eu; check "bad dedupe: exit 2" [ $? -eq 2 ]
 "$M" - - </dev/null >/dev/null 2>eu; check "stdin twice: exit 2" [ $? -eq 2 ]
 "$M" a/metadata.jsonl nope/metadata.jsonl >o11 2>eu; check "missing input: exit 1" [ $? -eq 1 ]
@@ -212,7 +249,7 @@ check "ex2" [ "$(wc -l <ex/dataset/metadata.jsonl)" = 4 ] && check "ex2 renamed"
 check "ex3" [ $? -eq 0 ] && check "ex3 out" [ "$(wc -l <ex/bob.jsonl)" = 2 ]
 (cd ex && "$M" --source ffhq alice/metadata.jsonl \
     --source laion-face bob/metadata.jsonl > all.jsonl 2>/dev/null)
-check "ex4" [ "$(field ex/all.jsonl green.png source)" = ffhq ] && check "ex4 b" [ "$(field ex/all.jsonl other.jpg source)" = laion-face ]
+check "ex4" [ "$(field ex/all.jsonl alice/green.png source)" = ffhq ] && check "ex4 b" [ "$(field ex/all.jsonl bob/other.jpg source)" = laion-face ]
 # diffyface(7)'s example.
 (cd ex && "$M" --verify --out dataset7 alice/metadata.jsonl bob/metadata.jsonl 2>/dev/null)
 check "diffyface.7 example" [ $? -eq 0 ] && check "diffyface.7 example out" [ "$(wc -l <ex/dataset7/metadata.jsonl)" = 3 ]

@@ -230,7 +230,25 @@ Image.new("RGB", (8, 8), (1, 2, 3)).save(open(b"utf/bad\xff.png", "wb"), "PNG")'
 "$R" --root utf --scan --out utfo --quiet >utf.jsonl 2>utf.err
 check "non-UTF-8 name: run goes on" [ $? -eq 0 ] && [ "$(wc -l <utf.jsonl)" -eq 2 ]
 check "non-UTF-8 name: error record" grep -q 'not valid UTF-8' utf.jsonl
+check "non-UTF-8 name: named, escaped" grep -qF 'not valid UTF-8: bad\\xff.png' utf.jsonl
 check "non-UTF-8 name: counted" [ "$(summ utf.err failed)" = 1 ]
+
+# --- images smaller than --size are upscaled and say so; --min-side refuses them ---
+mkdir -p up
+$PY -c '
+from PIL import Image
+Image.new("RGB", (200, 100), (1, 2, 3)).save("up/big.png")
+Image.new("RGB", (50, 40), (1, 2, 3)).save("up/small.png")
+Image.new("RGB", (80, 60), (1, 2, 3)).save("up/wide.png")'
+"$R" --root up --scan --out upo --size 64 --quiet >up.jsonl 2>/dev/null
+check "upscaled: small marked" [ "$(field up.jsonl small.png upscaled)" = True ]
+check "upscaled: big not marked" [ "$(field up.jsonl big.png upscaled)" = "<absent>" ]
+check "upscaled: center crop judges the shorter side (60 < 64)" [ "$(field up.jsonl wide.png upscaled)" = True ]
+"$R" --root up --scan --out upn --size 64 --crop none --quiet >upn.jsonl 2>/dev/null
+check "upscaled: --crop none judges the longer side (80)" [ "$(field upn.jsonl wide.png upscaled)" = "<absent>" ]
+"$R" --root up --scan --out upm --size 64 --min-side 64 --quiet >upm.jsonl 2>/dev/null
+check "--min-side: smaller is an error" grep -q '"file_name":"small.png".*"error":"too small: 50x40, smaller than --min-side 64"' upm.jsonl
+check "--min-side: larger resized" [ "$(field upm.jsonl big.png width)" = 64 ]
 
 # --- -j2 gives the same records and the same bytes as -j1 ---
 "$R" --root tree --scan --out j1 --size 64 --quiet >j1.jsonl 2>/dev/null

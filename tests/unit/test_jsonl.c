@@ -1,6 +1,7 @@
 /* test_jsonl.c - lib/base/jsonl: malformed lines become error records with the
  * line number, long lines survive, records round-trip whole. */
 #include <signal.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -75,5 +76,40 @@ int main(void)
     json_decref(o);
     close(p[1]);
     unlink(path);
+
+    /* A line that is not valid UTF-8 keeps its exact bytes as raw_base64
+     * (a JSON string cannot hold them), and a reader name is in the error. */
+    char path2[] = "/tmp/df-test-jsonl-XXXXXX";
+    fd = mkstemp(path2);
+    CHECK(fd >= 0);
+    fp = fdopen(fd, "w+");
+    fputs("{\"text\":\"caf\xe9\"}\n", fp);
+    rewind(fp);
+    df_jsonl_reader_init(&r, fp);
+    r.name = "in.jsonl";
+    CHECK(df_jsonl_next(&r, &rec) == DF_OK && rec);
+    CHECK(df_rec_str(rec, "error") && !strncmp(df_rec_str(rec, "error"), "in.jsonl: line 1: ", 18));
+    CHECK(json_object_get(rec, "raw") == NULL);
+    /* base64 of {"text":"caf\xe9"} */
+    CHECK(df_rec_str(rec, "raw_base64") && !strcmp(df_rec_str(rec, "raw_base64"), "eyJ0ZXh0IjoiY2Fm6SJ9"));
+    char *dump = json_dumps(rec, JSON_COMPACT);   /* the record serializes */
+    CHECK(dump != NULL);
+    free(dump);
+    json_decref(rec);
+    df_jsonl_reader_free(&r);
+    fclose(fp);
+    unlink(path2);
+
+    /* Strings that are not UTF-8 are stored escaped, and still serialize. */
+    o = json_object();
+    df_rec_set_str(o, "file_name", "bad\xff.png");
+    CHECK(df_rec_str(o, "file_name") && !strcmp(df_rec_str(o, "file_name"), "bad\\xff.png"));
+    dump = json_dumps(o, JSON_COMPACT);
+    CHECK(dump && !strcmp(dump, "{\"file_name\":\"bad\\\\xff.png\"}"));
+    free(dump);
+    json_decref(o);
+    char *esc = df_utf8_escape("a\xc3\xa9\xed\xa0\x80z", 7);   /* é kept, a surrogate escaped */
+    CHECK(esc && !strcmp(esc, "a\xc3\xa9\\xed\\xa0\\x80z"));
+    free(esc);
     UNIT_END();
 }
