@@ -16,6 +16,7 @@
 #include <limits.h>
 #include <openssl/sha.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -315,10 +316,44 @@ static void dct_min_size(const options *o, int w, int h, int *mw, int *mh)
     *mh = (int)(h * f + 0.999);
 }
 
+/* Remove dst's temporary files (dst.PID.N.tmp) left by runs that were
+ * killed: those whose PID no longer exists. A live PID may be a concurrent
+ * run (GNU parallel) writing the same name, so its file stays. */
+static void remove_stale_tmp(const char *dst)
+{
+    const char *slash = strrchr(dst, '/');
+    const char *base = slash ? slash + 1 : dst;
+    size_t bl = strlen(base);
+    char dir[PATH_MAX];
+    snprintf(dir, sizeof dir, "%.*s", slash ? (int)(slash - dst) : 1, slash ? dst : ".");
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    while (d && (e = readdir(d))) {
+        const char *n = e->d_name;
+        if (strncmp(n, base, bl) || n[bl] != '.')
+            continue;
+        char *end;
+        long pid = strtol(n + bl + 1, &end, 10);
+        if (end == n + bl + 1 || *end != '.' || pid <= 0)
+            continue;
+        size_t nl = strlen(n);
+        if (nl < 4 || strcmp(n + nl - 4, ".tmp"))
+            continue;
+        if (kill((pid_t)pid, 0) == -1 && errno == ESRCH) {
+            char path[PATH_MAX + 256];
+            snprintf(path, sizeof path, "%s/%s", dir, n);
+            unlink(path);
+        }
+    }
+    if (d)
+        closedir(d);
+}
+
 /* Write n bytes to dst through a temporary file and a rename, so that a
  * crash never leaves a half-written image under the final name. */
 static df_status write_atomic(const char *dst, const uint8_t *buf, size_t n)
 {
+    remove_stale_tmp(dst);
     size_t tl = strlen(dst) + 48;
     char *tmp = malloc(tl);
     if (!tmp)

@@ -239,10 +239,10 @@ done
 IN=$T/ds/metadata.jsonl step "$T/rs" 9 end end "${rs[@]}"
 once "$T/ds/metadata.jsonl" "$T/rs/out.9" n && ! grep -q '"error"' "$T/rs/out.9" && whole "$T/rs/o" \
     && ok "df-resize: every record once, every image whole" || fail "df-resize: records"
-# Not a torn file, but litter: a killed df-resize leaves its temporary file
-# (NAME.PID.N.tmp) and no rerun removes it. Reported, not failed.
+# a killed df-resize leaves its temporary file (NAME.PID.N.tmp); the run that
+# writes NAME again removes those of dead runs
 [ "$(ls "$T/rs/o" | wc -l)" -eq 24 ] && ok "df-resize: nothing but the 24 images left" ||
-    echo "NOTE: df-resize: left in --out after the kills: $(ls "$T/rs/o" | grep -vE '^[0-9]{2}\.jpg$' | head -5 | tr '\n' ' ')"
+    fail "df-resize: left in --out after the kills: $(ls "$T/rs/o" | grep -vE '^[0-9]{2}\.jpg$' | head -5 | tr '\n' ' ')"
 lap "df-resize"
 
 # ---- df-merge --out ---------------------------------------------------------------
