@@ -742,10 +742,12 @@ static void on_done(const df_http_result *r)
 /* Hand c to the pool; on failure its record is written with the error. */
 static void send_ctx(run_state *rs, sendctx *c)
 {
+    // one budget of 1 + --retries attempts per record, across df-caption's
+    // own resends (cut bodies, empty choices) and the pool's retries
     df_http_request req = {
         .method = "POST", .url = rs->o->endpoint, .body = c->body,
         .body_len = c->body_len, .max_body = MAX_RESPONSE_BYTES, .user = c,
-        .done = on_done,
+        .done = on_done, .max_attempts = 1 + rs->o->retries - c->attempts,
     };
     if (df_http_submit(g_pool, &req) != DF_OK) {
         df_rec_set_error(c->rec, "%s", df_last_error());

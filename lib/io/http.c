@@ -81,6 +81,7 @@ typedef struct req {
     /* across attempts */
     uint64_t offset;            /* bytes the sink holds */
     int attempts, retries_used;
+    int max_retries;            /* this request's: the pool's, or max_attempts - 1 */
     int slot;                   /* index in pool->running while in flight */
     bool range_restart_used;    /* one free restart after a 416 */
     double t_submit, not_before;
@@ -617,6 +618,9 @@ df_status df_http_submit(df_http_pool *p, const df_http_request *q)
         return df_fail(DF_ERR_NOMEM, "out of memory");
     }
     r->max_body = q->max_body ? q->max_body : BODY_MAX_DEF;
+    r->max_retries = q->max_attempts > 0 && q->max_attempts - 1 < p->o.max_retries
+                         ? q->max_attempts - 1
+                         : p->o.max_retries;
     r->write = q->write;
     r->rewind = q->rewind;
     r->offset = q->write ? q->resume_from : 0;
@@ -797,7 +801,7 @@ static void schedule_retry(df_http_pool *p, req *r, double delay)
  * it sent one, else the jittered exponential backoff. */
 static bool maybe_retry(df_http_pool *p, req *r)
 {
-    if (r->retries_used >= p->o.max_retries)
+    if (r->retries_used >= r->max_retries)
         return false;
     r->retries_used++;
     double delay = df_http_backoff(p->o.backoff_base_s, p->o.backoff_max_s,

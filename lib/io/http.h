@@ -113,6 +113,9 @@ typedef struct {
                                    ask for the rest with Range (also used on
                                    retries after a partial attempt) */
     uint64_t max_bytes;         /* streamed size cap incl. resume, 0 = none */
+    int max_attempts;           /* 0: 1 + the pool's max_retries; n > 0: at
+                                   most n attempts (a caller that resends on
+                                   its own keeps one budget across sends) */
     void *user;                 /* passed back in df_http_result.user */
     df_http_done_fn done;       /* required */
 } df_http_request;

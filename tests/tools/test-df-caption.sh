@@ -251,7 +251,8 @@ echo "--- cut bodies and empty choices: retried, never more than --retries allow
 cat > "$T/faults_b.json" <<'EOF'
 {"sub/00.jpg": ["empty_choices", "empty_choices", "empty_choices", "empty_choices", "empty_choices"],
  "01.png": ["short_length", "short_length", "short_length", "short_length", "short_length"],
- "02.png": ["malformed", "malformed", "ok"], "sub/03.jpg": ["malformed", "malformed"]}
+ "02.png": ["malformed", "malformed", "ok"], "sub/03.jpg": ["malformed", "malformed"],
+ "04.png": ["malformed", "500", "500", "500", "500", "500"]}
 EOF
 start_server "$T/log4b" --model "$MODEL" --api-key "$DF_TEST_KEY" --faults "$T/faults_b.json"
 cap --retries 3 --retry-wait 0.05 < "$T/twelve.jsonl" > "$T/out6b"
@@ -267,7 +268,9 @@ bad = []
 # run 1 (--retries 3): at most 4 requests a record; run 2 (--retries 0): one each
 want = {"sub/00.jpg": (5, "empty choices", "empty choices"),
         "01.png": (5, "malformed JSON response", "malformed JSON response"),
-        "02.png": (3, "text", None), "sub/03.jpg": (3, "text", None)}
+        "02.png": (3, "text", None), "sub/03.jpg": (3, "text", None),
+        # a resend that meets 5xx answers: the same budget of 1 + --retries
+        "04.png": (4, "", None)}
 for f, (count, w1, w2) in want.items():
     g1 = "text" if "text" in b[f] else b[f].get("error")
     g2 = "text" if "text" in c.get(f, {}) else c.get(f, {}).get("error")
