@@ -62,7 +62,7 @@ UNIT     := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(wildcard tests/unit/tes
 CHECKFX_SRC := $(wildcard tests/check_fixtures/*.c)
 CHECKFX  := $(if $(filter 1,$(SAN)),$(BUILD)/tests/check-fixtures,tests/check-fixtures)
 
-.PHONY: all test bench deps install clean demo
+.PHONY: all test bench deps install clean demo fuzz
 all: $(LIBDF) $(TOOLS) $(HELPERS) $(UNIT) $(CHECKFX)
 
 $(BUILD)/lib/%.o: lib/%.c $(LIB_HDR)
@@ -103,11 +103,13 @@ bench: all
 
 DEB_PACKAGES := build-essential libjansson-dev libjpeg62-turbo-dev libpng-dev \
   libcurl4-openssl-dev libssl-dev libopenblas-dev zlib1g-dev parallel curl \
-  python3 python3-pil python3-numpy libutf8proc-dev
+  python3 python3-pil python3-numpy libutf8proc-dev clang libclang-rt-dev
 deps:
 	@if dpkg -s $(DEB_PACKAGES) >/dev/null 2>&1; then echo "deps: all installed"; else \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
 	  apt-get install -y --no-install-recommends $(DEB_PACKAGES); fi
+
+include tests/fuzz/fuzz.mk
 
 # A tiny random model and a synthetic dataset through the whole training
 # pipeline: pipelines/demo.mk (DEMO_DIR=build/demo, DEMO_STEPS=150).

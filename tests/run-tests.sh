@@ -39,6 +39,22 @@ if [ -x "$DF_CHECKFX" ] && [ -d "$DF_FIXTURES" ]; then
     run_one "check-fixtures-winograd" "$DF_CHECKFX" --winograd on "$DF_FIXTURES"
     run_one "check-fixtures-winograd4" "$DF_CHECKFX" --winograd 4x4 "$DF_FIXTURES"
 fi
+# libFuzzer harnesses (tests/fuzz, built by tests/fuzz/fuzz.mk): a short run
+# of each from its seed corpus, one test per harness; `make fuzz` runs them
+# longer. Skipped, and not counted, when clang cannot link -fsanitize=fuzzer.
+if printf 'int LLVMFuzzerTestOneInput(const char *d, unsigned long n) { return 0; }\n' |
+    "${FUZZ_CC:-clang}" -x c - -fsanitize=fuzzer,address,undefined -o "$logdir/fuzz-probe" >/dev/null 2>&1; then
+    for src in tests/fuzz/fuzz_*.c; do
+        n=$(basename "$src" .c); n=${n#fuzz_}
+        case $n in nn_config|lora) runs=3000 ;; tokenizer|image) runs=10000 ;; *) runs=20000 ;; esac
+        mkdir -p "$logdir/corpus-$n"
+        run_one "fuzz/$n" bash -c 'make -s --no-print-directory "build-fuzz/fuzz_$1" &&
+            "build-fuzz/fuzz_$1" -runs="$2" -timeout=20 -artifact_prefix=build-fuzz/ \
+                "$3" "tests/fuzz/corpus/$1"' _ "$n" "$runs" "$logdir/corpus-$n"
+    done
+else
+    echo "SKIP fuzz/*: clang with libFuzzer (-fsanitize=fuzzer) is not available (make deps installs it)"
+fi
 rm -rf "$logdir"
 [ ${#failures[@]} -gt 0 ] && echo "failed: ${failures[*]}"
 echo "$passed passed, $failed failed"
