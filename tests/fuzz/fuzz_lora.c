@@ -104,8 +104,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             df_lora_report rep;
             memset(&rep, 0, sizeof rep);
             df_status s = df_lora_check(path, unet, te, &rep);
-            if (s == DF_OK && rep.n_applied + rep.n_unmatched != rep.n_tensors)
+            if (s == DF_OK && rep.n_applied + rep.n_unmatched != rep.n_tensors) {
+                fprintf(stderr, "fuzz_lora: %zu tensors, %zu applied, %zu unmatched:",
+                        rep.n_tensors, rep.n_applied, rep.n_unmatched);
+                for (size_t i = 0; i < rep.n_unmatched; i++)
+                    fprintf(stderr, " %s", rep.unmatched[i]);
+                fprintf(stderr, "\n");
                 abort();
+            }
             df_lora_report_free(&rep);
             memset(&rep, 0, sizeof rep);
             (void)df_lora_check(path, unet, NULL, &rep);
