@@ -49,7 +49,7 @@ if printf 'int LLVMFuzzerTestOneInput(const char *d, unsigned long n) { return 0
         case $n in nn_config|lora) runs=3000 ;; tokenizer|image) runs=10000 ;; *) runs=20000 ;; esac
         mkdir -p "$logdir/corpus-$n"
         run_one "fuzz/$n" bash -c 'make -s --no-print-directory "build-fuzz/fuzz_$1" &&
-            "build-fuzz/fuzz_$1" -runs="$2" -timeout=20 -artifact_prefix=build-fuzz/ \
+            "build-fuzz/fuzz_$1" -runs="$2" -seed=1 -timeout=20 -artifact_prefix=build-fuzz/ \
                 "$3" "tests/fuzz/corpus/$1"' _ "$n" "$runs" "$logdir/corpus-$n"
     done
 else
