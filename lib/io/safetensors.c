@@ -252,7 +252,8 @@ static df_status parse_metadata(df_safetensors *st, json_t *m)
 /* Sorted by offset, the tensors must tile [0, dsize) exactly. */
 static df_status check_tiling(df_safetensors *st, const char *data, size_t dsize)
 {
-    qsort(st->tensors, st->count, sizeof *st->tensors, cmp_offset);
+    if (st->count)
+        qsort(st->tensors, st->count, sizeof *st->tensors, cmp_offset);
     size_t pos = 0;
     for (size_t i = 0; i < st->count; i++) {
         const df_st_tensor *t = &st->tensors[i];
@@ -739,7 +740,8 @@ static bool write_all(int fd, const void *p, size_t n)
 
 df_status df_st_write(df_st_writer *w, const char *path)
 {
-    qsort(w->t, w->n, sizeof *w->t, cmp_write_order);
+    if (w->n)   // qsort must not get NULL, even for 0 elements
+        qsort(w->t, w->n, sizeof *w->t, cmp_write_order);
     char *hdr = NULL;
     size_t hlen = 0;
     df_status s = build_header(w, &hdr, &hlen);

@@ -73,7 +73,7 @@ static bool classify(adapter_list *l, const df_st_tensor *t)
     size_t len;
     if (ends_with(t->name, ".alpha", &len)) {
         adapter *a = find_or_add(l, t->name, len);
-        if (!a)
+        if (!a || a->alpha)   // a second alpha of one module is reported, not dropped
             return false;
         a->alpha = t;
         return true;
@@ -82,7 +82,10 @@ static bool classify(adapter_list *l, const df_st_tensor *t)
         if (!ends_with(t->name, suffixes[i].suffix, &len))
             continue;
         adapter *a = find_or_add(l, t->name, len);
-        if (!a)
+        // a module's second down (or up) tensor under another format's suffix
+        // (lora_down and lora_A) would silently replace the first: it is
+        // reported as unmatched instead, so every tensor is accounted for
+        if (!a || (suffixes[i].is_up ? a->up : a->down))
             return false;
         if (suffixes[i].is_up)
             a->up = t;

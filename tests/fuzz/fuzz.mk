@@ -1,5 +1,5 @@
 # tests/fuzz/fuzz.mk - libFuzzer harnesses for the parsers of untrusted bytes
-# (included by the Makefile; see tests/fuzz/README for what each one covers).
+# (included by the Makefile; each harness's top comment says what it covers).
 #   make fuzz                  every harness for FUZZ_RUNS executions
 #   make fuzz FUZZ_RUNS=20000  a short run
 #   make fuzz-build            only build them, into build-fuzz/

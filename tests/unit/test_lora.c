@@ -194,6 +194,32 @@ int main(void)
         df_weights_free(ct);
     }
 
+    /* A module's down tensor twice, under two formats' suffixes (kohya's
+     * lora_down and peft's lora_A): the second is reported as unmatched,
+     * not dropped (found by tests/fuzz/fuzz_lora.c). */
+    {
+        df_weights *cu, *ct;
+        open_models(&cu, &ct);
+        static float d[4 * 32], e[4 * 3];
+        const char *dup = "/tmp/df_test_lora_dup.safetensors";
+        df_st_writer *w = df_st_writer_new();
+        CHECK(df_st_writer_add(w, "lora_te_text_model_encoder_layers_0_self_attn_k_proj.lora_down"
+                               ".weight", DF_DTYPE_F32, 2, (int64_t[]){4, 32}, d) == DF_OK);
+        CHECK(df_st_writer_add(w, "lora_te_text_model_encoder_layers_0_self_attn_k_proj.lora_A"
+                               ".weight", DF_DTYPE_F32, 2, (int64_t[]){4, 3}, e) == DF_OK);
+        CHECK(df_st_write(w, dup) == DF_OK);
+        df_st_writer_free(w);
+        df_lora_report chk;
+        CHECK(df_lora_check(dup, cu, ct, &chk) == DF_OK);
+        CHECK_MSG(chk.n_applied + chk.n_unmatched == chk.n_tensors && chk.n_tensors == 2,
+                  "%zu tensors, %zu applied, %zu unmatched", chk.n_tensors, chk.n_applied,
+                  chk.n_unmatched);
+        df_lora_report_free(&chk);
+        unlink(dup);
+        df_weights_free(cu);
+        df_weights_free(ct);
+    }
+
     /* --lora argument parsing */
     char *p;
     float sc;
