@@ -831,7 +831,8 @@ df_status df_latent_cache_open(const char *const *dirs, int ndirs, df_latent_cac
     if (st == DF_OK)
         st = check_shards(c, &rv, dirs);
     if (st == DF_OK) {
-        qsort(rv.v, rv.n, sizeof *rv.v, cmp_entry_order);
+        if (rv.n)   // an empty cache (killed before its first shard): no qsort on NULL
+            qsort(rv.v, rv.n, sizeof *rv.v, cmp_entry_order);
         st = keep_latest(c, &rv);
     }
     raw_vec_free(&rv);

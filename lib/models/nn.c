@@ -299,7 +299,8 @@ df_status df_nn_binder_check_unused(df_nn_binder *b)
 {
     if (b->st != DF_OK)
         return b->st;
-    qsort(b->used, b->nused, sizeof *b->used, cmp_str);
+    if (b->nused)
+        qsort(b->used, b->nused, sizeof *b->used, cmp_str);
     const df_safetensors *f = df_weights_file(b->w);
     for (size_t i = 0; i < df_st_count(f); i++) {
         const char *name = df_st_at(f, i)->name;
