@@ -3,10 +3,12 @@
  * Tested by tests/check_fixtures/check_pipeline.c and test-df-sample.sh. */
 #include "pipeline.h"
 
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "clip.h"
 #include "jsonl.h"
@@ -158,6 +160,24 @@ df_status df_pipeline_open(const char *model_dir, const char *variant, df_pipeli
     return DF_OK;
 }
 
+df_status df_pipeline_open_model(const char *model, const df_pipeline_open_opts *opts,
+                                 df_pipeline **out)
+{
+    *out = NULL;
+    struct stat sb;
+    if (stat(model, &sb) != 0)
+        return df_fail(DF_ERR_NOTFOUND, "%s: %s", model, strerror(errno));
+    if (S_ISDIR(sb.st_mode))
+        return df_pipeline_open(model, opts ? opts->variant : NULL, out);
+    size_t n = strlen(model);
+    if ((n >= 5 && strcmp(model + n - 5, ".ckpt") == 0) ||
+        (n >= 3 && strcmp(model + n - 3, ".pt") == 0) ||
+        (n >= 4 && strcmp(model + n - 4, ".pth") == 0))
+        return df_fail(DF_ERR_UNSUPPORTED, "%s: pickle checkpoints can run code when loaded, so "
+                       "they are not read; convert it to .safetensors first", model);
+    return df_fail(DF_ERR_UNSUPPORTED, "%s: single-file checkpoints are not supported yet", model);
+}
+
 static void unload(df_pipeline *p)
 {
     df_clip_free(p->clip);
@@ -234,9 +254,31 @@ df_status df_pipeline_add_lora(df_pipeline *p, const char *path, float scale,
     return DF_OK;
 }
 
+int df_pipeline_lora_count(const df_pipeline *p) { return p->n_loras; }
+
+float df_pipeline_lora_scale(const df_pipeline *p, int index)
+{
+    return index >= 0 && index < p->n_loras ? p->loras[index].scale : 0.0f;
+}
+
+df_status df_pipeline_set_lora_scale(df_pipeline *p, int index, float scale)
+{
+    if (index < 0 || index >= p->n_loras)
+        return df_fail(DF_ERR_ARG, "no LoRA number %d (%d added)", index, p->n_loras);
+    if (!isfinite(scale))
+        return df_fail(DF_ERR_ARG, "LoRA scale must be finite");
+    if (p->loras[index].scale != scale) {
+        p->loras[index].scale = scale;
+        unload(p);   /* merged weights carry the old scale; reloaded at next use */
+    }
+    return DF_OK;
+}
+
 static df_status merge_loras(df_pipeline *p, df_weights *unet, df_weights *te)
 {
     for (int i = 0; i < p->n_loras; i++) {
+        if (p->loras[i].scale == 0.0f)   /* switched off: merging would add zeros */
+            continue;
         df_lora_report rep;
         df_status st = df_lora_apply(p->loras[i].path, p->loras[i].scale, unet, te, &rep);
         df_lora_report_free(&rep);
@@ -250,6 +292,11 @@ static void stage(const df_pipeline_hooks *h, const char *name)
 {
     if (h && h->on_stage)
         h->on_stage(h->ctx, name);
+}
+
+static bool stop_asked(const df_pipeline_hooks *h)
+{
+    return h && h->should_stop && h->should_stop(h->ctx);
 }
 
 /* A tokenizer from another model: its sequences or ids would not fit the
@@ -380,6 +427,10 @@ static df_status denoise(df_pipeline *p, const df_pipeline_params *pp, const flo
     int count = df_scheduler_count(s);
     for (int i = 0; st == DF_OK && i < count; i++) {
         float t = df_scheduler_timestep(s, i);
+        if (stop_asked(hooks)) {
+            st = df_fail(DF_ERR_INTERRUPTED, "stopped before step %d of %d", i + 1, count);
+            break;
+        }
         if (hooks && hooks->before_step)
             hooks->before_step(hooks->ctx, i, count, latents);
         st = df_scheduler_scale_model_input(s, i, latents, x, n);
@@ -481,6 +532,8 @@ df_status df_pipeline_generate(df_pipeline *p, const df_pipeline_params *pp,
                        m, pp->width, pp->height);
     if (pp->steps < 1 || pp->batch < 1 || !isfinite(pp->guidance))
         return df_fail(DF_ERR_ARG, "steps and batch must be at least 1, guidance finite");
+    if (pp->init_image || pp->mask)
+        return df_fail(DF_ERR_UNSUPPORTED, "img2img and inpainting are not implemented yet");
     o->batch = pp->batch;
     o->C = p->unet_channels;
     o->h = pp->height / m;
@@ -510,6 +563,8 @@ df_status df_pipeline_generate(df_pipeline *p, const df_pipeline_params *pp,
         st = denoise(p, pp, embeds, T, Ctx, o->latents, o->batch, o->C, o->h, o->w, &rng, hooks, o);
     }
     free(embeds);
+    if (st == DF_OK && stop_asked(hooks))
+        st = df_fail(DF_ERR_INTERRUPTED, "stopped before decoding");
     if (st == DF_OK) {
         stage(hooks, "vae");
         st = decode(p, o);

@@ -33,6 +33,21 @@ typedef struct df_pipeline df_pipeline;
 /* Open a diffusers folder: model_index.json, tokenizer/, the scheduler and
  * component configs. Weights are not loaded yet. variant: NULL or "fp16". */
 df_status df_pipeline_open(const char *model_dir, const char *variant, df_pipeline **out);
+
+/* How to read a model that is not a diffusers folder. */
+typedef struct {
+    const char *variant;      /* folders: NULL or "fp16" */
+    const char *config_dir;   /* single file: a diffusers folder whose configs and
+                               * tokenizer replace the built-in SD 2.1 ones; NULL */
+    const char *prediction;   /* single file: "v" or "epsilon"; NULL: by the UNet's
+                               * sample size (96 -> v, as SD 2.1's 768 yaml) */
+} df_pipeline_open_opts;
+
+/* Open `model`: a diffusers folder (as df_pipeline_open), or a single-file
+ * checkpoint (the original SD layout, model.diffusion_model.* ...). A
+ * pickle .ckpt is refused with the reason. opts may be NULL. */
+df_status df_pipeline_open_model(const char *model, const df_pipeline_open_opts *opts,
+                                 df_pipeline **out);
 void df_pipeline_free(df_pipeline *p);
 
 /* Notes on how the folder was read, one per line (a component without the
@@ -45,6 +60,13 @@ const char *df_pipeline_notes(const df_pipeline *p);
  * sampling; the report says how many tensors matched. */
 df_status df_pipeline_add_lora(df_pipeline *p, const char *path, float scale,
                                df_lora_report *rep);
+
+/* Change the scale of the LoRA added as number `index` (0-based, in the
+ * order of df_pipeline_add_lora; 0 switches it off). Components it merged
+ * into are reloaded at the next generate when the scale changed. */
+df_status df_pipeline_set_lora_scale(df_pipeline *p, int index, float scale);
+int df_pipeline_lora_count(const df_pipeline *p);
+float df_pipeline_lora_scale(const df_pipeline *p, int index);
 
 /* Keep loaded components between generate calls (faster for many prompts,
  * more memory). Default false: load, use, free. */
@@ -73,6 +95,11 @@ typedef struct {
     uint64_t seed;                 /* torch CPU generator seed for the noise */
     const float *init_latents;     /* (batch,C,h,w) or NULL to draw from seed */
     int batch;                     /* images for this prompt, >= 1 */
+    /* img2img and inpainting, as diffusers' StableDiffusionImg2ImgPipeline
+     * and StableDiffusionInpaintPipeline; all NULL/0 for text to image. */
+    const uint8_t *init_image;     /* (height,width,3) RGB at the output size, or NULL */
+    const uint8_t *mask;           /* (height,width), 255 = repaint, 0 = keep; NULL: img2img */
+    float strength;                /* 0 < strength <= 1: the share of the schedule run */
 } df_pipeline_params;
 
 /* Observers for progress and for checking internals; any may be NULL. */
@@ -88,6 +115,9 @@ typedef struct {
      * from, which it may overwrite: a checker feeds each step the reference's
      * latents this way, to judge the UNet apart from the drift of the run. */
     void (*before_step)(void *ctx, int i, int n, float *latents);
+    /* polled between stages and before each step: returning true stops the
+     * run with DF_ERR_INTERRUPTED (a server's cancel, a client gone). */
+    bool (*should_stop)(void *ctx);
 } df_pipeline_hooks;
 
 typedef struct {
