@@ -103,7 +103,8 @@ bench: all
 
 DEB_PACKAGES := build-essential libjansson-dev libjpeg62-turbo-dev libpng-dev \
   libcurl4-openssl-dev libssl-dev libopenblas-dev zlib1g-dev parallel curl \
-  python3 python3-pil python3-numpy libutf8proc-dev clang libclang-rt-dev
+  python3 python3-pil python3-numpy libutf8proc-dev clang libclang-rt-dev \
+  chromium chromium-driver python3-selenium
 deps:
 	@if dpkg -s $(DEB_PACKAGES) >/dev/null 2>&1; then echo "deps: all installed"; else \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
