@@ -8,7 +8,6 @@
  * with "error"; the run goes on. Tested by tests/tools/test-df-sample.sh. */
 #include <errno.h>
 #include <fcntl.h>
-#include <openssl/evp.h>
 #include <limits.h>
 #include <getopt.h>
 #include <math.h>
@@ -21,6 +20,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "gen_params.h"
 #include "image.h"
 #include "jsonl.h"
 #include "log.h"
@@ -89,114 +89,6 @@ static long parse_long(const char *opt, const char *s, long lo, long hi)
     return v;
 }
 
-/* The shortest decimal that reads back as f ("0.8", not 0.800000012 or
- * 0.80000001192092896): how a float the user gave is shown. */
-static void float_str(float f, char buf[32])
-{
-    for (int p = 1; p <= 9; p++) {
-        snprintf(buf, 32, "%.*g", p, (double)f);
-        if (strtof(buf, NULL) == f)
-            return;
-    }
-}
-
-/* A float as a JSON number that prints as float_str() does: the double
- * nearest that decimal, dumped with the precision of dump_json(). */
-static void set_float(json_t *rec, const char *key, float f)
-{
-    char buf[32];
-    float_str(f, buf);
-    df_rec_set_num(rec, key, strtod(buf, NULL));
-}
-
-/* Digits needed for every real in v to read back exactly (0: no reals). */
-static int real_digits(const json_t *v)
-{
-    int d = 0;
-    if (json_is_real(v)) {
-        double x = json_real_value(v);
-        char buf[40];
-        for (d = 1; d < 17; d++) {
-            snprintf(buf, sizeof buf, "%.*g", d, x);
-            if (strtod(buf, NULL) == x)
-                break;
-        }
-    } else if (json_is_object(v)) {
-        const char *k;
-        json_t *e;
-        json_object_foreach((json_t *)v, k, e) {
-            int n = real_digits(e);
-            d = n > d ? n : d;
-        }
-    } else if (json_is_array(v)) {
-        size_t i;
-        json_t *e;
-        json_array_foreach(v, i, e) {
-            int n = real_digits(e);
-            d = n > d ? n : d;
-        }
-    }
-    return d;
-}
-
-/* jansson prints every real with one precision (17 digits by default, so
- * 0.8 comes out 0.80000000000000004). The fewest digits that keep all of a
- * record's reals exact print each as its shortest form as long as that is
- * at most 15 digits (DBL_DIG); a passed-through real that needs 16 or 17
- * keeps its value. */
-static char *dump_json(const json_t *rec)
-{
-    int d = real_digits(rec);
-    size_t flags = JSON_COMPACT | JSON_PRESERVE_ORDER | (d ? JSON_REAL_PRECISION(d) : 0);
-    return json_dumps(rec, flags);
-}
-
-/* One record line on stdout (df_jsonl_write_fd with dump_json's numbers). */
-static df_status write_record(const json_t *rec)
-{
-    char *s = dump_json(rec);
-    if (!s)
-        return df_fail(DF_ERR_NOMEM, "cannot serialize record");
-    size_t len = strlen(s);
-    s[len] = '\n';                  /* the NUL's place; only len+1 bytes are written */
-    df_status st = DF_OK;
-    for (size_t off = 0; off < len + 1;) {
-        ssize_t w = write(1, s + off, len + 1 - off);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w < 0) {
-            st = df_fail(DF_ERR_IO, "write error: %s", strerror(errno));
-            break;
-        }
-        off += (size_t)w;
-    }
-    free(s);
-    return st;
-}
-
-/* The first 12 hex digits of the file's sha256, as A1111's "Lora hashes". */
-static df_status short_hash(const char *path, char out[13])
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return df_fail(DF_ERR_IO, "%s: %s", path, strerror(errno));
-    EVP_MD_CTX *md = EVP_MD_CTX_new();
-    int ok = md && EVP_DigestInit_ex(md, EVP_sha256(), NULL);
-    unsigned char b[1 << 16], d[EVP_MAX_MD_SIZE];
-    size_t n;
-    while (ok && (n = fread(b, 1, sizeof b, f)) > 0)
-        ok = EVP_DigestUpdate(md, b, n);
-    unsigned dl = 0;
-    ok = ok && !ferror(f) && EVP_DigestFinal_ex(md, d, &dl) && dl >= 6;
-    EVP_MD_CTX_free(md);
-    fclose(f);
-    if (!ok)
-        return df_fail(DF_ERR_IO, "%s: cannot read for its sha256", path);
-    for (int i = 0; i < 6; i++)
-        snprintf(out + 2 * i, 3, "%02x", d[i]);
-    return DF_OK;
-}
-
 /* Append printf output to a malloc'd string (*s may be NULL). */
 static void append(char **s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void append(char **s, const char *fmt, ...)
@@ -213,19 +105,6 @@ static void append(char **s, const char *fmt, ...)
     free(add);
     free(*s);
     *s = cat;
-}
-
-/* A LoRA's name in A1111's <lora:name:scale>: the file's basename without
- * .safetensors. */
-static void lora_name(const char *path, char *buf, size_t cap)
-{
-    const char *b = strrchr(path, '/');
-    b = b ? b + 1 : path;
-    size_t n = strlen(b);
-    const char *ext = ".safetensors";
-    if (n > strlen(ext) && !strcmp(b + n - strlen(ext), ext))
-        n -= strlen(ext);
-    snprintf(buf, cap, "%.*s", (int)n, b);
 }
 
 static float parse_float(const char *opt, const char *s)
@@ -360,7 +239,7 @@ static void parse_args(int argc, char **argv, options *o, df_pipeline **pipe)
          * A complete match is information (--quiet drops it), a partial one
          * a warning with every tensor left over. */
         char sc[32], name[256], hash[13];
-        float_str(scale, sc);
+        df_float_str(scale, sc);
         if (rep.n_applied == rep.n_tensors) {
             if (o->progress != DF_PROGRESS_NEVER)
                 fprintf(stderr, "%s: %s: %s format, all %zu tensors applied (%zu UNet and %zu "
@@ -373,16 +252,16 @@ static void parse_args(int argc, char **argv, options *o, df_pipeline **pipe)
         }
         for (size_t k = 0; k < rep.n_unmatched; k++)
             df_warn("%s: tensor matched nothing: %s", path, rep.unmatched[k]);
-        if (short_hash(path, hash) != DF_OK) {
+        if (df_gen_file_hash12(path, hash) != DF_OK) {
             df_error("%s", df_last_error());
             exit(1);
         }
-        lora_name(path, name, sizeof name);
+        df_gen_lora_name(path, name, sizeof name);
         append(&o->lora_prompt, " <lora:%s:%s>", name, sc);
         append(&o->lora_hashes, "%s%s: %s", o->lora_hashes ? ", " : "", name, hash);
         json_t *l = json_object();
         df_rec_set_str(l, "file", path);
-        set_float(l, "scale", scale);
+        df_rec_set_float(l, "scale", scale);
         json_array_append_new(o->loras, l);
         df_lora_report_free(&rep);
         free(path);
@@ -517,7 +396,7 @@ static void fail_record(run_state *rs, json_t *rec, const char *fmt, const char 
     df_rec_set_error(rec, fmt, detail);
     df_error("%s", df_rec_str(rec, "error"));
     rs->failed++;
-    if (write_record(rec) != DF_OK) {
+    if (df_rec_write_line(1, rec) != DF_OK) {
         df_error("stdout: %s", df_last_error());
         exit(1);
     }
@@ -629,34 +508,27 @@ static void write_image(run_state *rs, json_t *rec, const df_pipeline_params *pp
     if (pp->batch > 1)
         df_rec_set_int(r, "batch_index", b);
     df_rec_set_int(r, "steps", pp->steps);
-    set_float(r, "guidance", pp->guidance);
+    df_rec_set_float(r, "guidance", pp->guidance);
     df_rec_set_str(r, "scheduler", sched);
     df_rec_set_int(r, "width", pp->width);
     df_rec_set_int(r, "height", pp->height);
     json_object_set(r, "loras", o->loras);
     /* Milliseconds: more digits are noise, and would print every real long. */
     df_rec_set_num(r, "seconds", round(seconds * 1000) / 1000);
-    char *params = dump_json(r);
+    char *params = df_rec_dumps(r);
     /* A1111's form: LoRAs as <lora:name:scale> after the prompt and a
      * "Lora hashes" field, so tools that read these files see them. */
-    char cfg[32], *a1111 = NULL, *hashes = NULL;
-    float_str(pp->guidance, cfg);
-    if (o->lora_hashes && asprintf(&hashes, ", Lora hashes: \"%s\"", o->lora_hashes) < 0)
-        hashes = NULL;
-    if (asprintf(&a1111, "%s%s\nNegative prompt: %s\nSteps: %d, Sampler: %s, CFG scale: %s, "
-                 "Seed: %llu, Size: %dx%d%s", pp->prompt, o->lora_prompt ? o->lora_prompt : "",
-                 pp->negative_prompt ? pp->negative_prompt : "", pp->steps, sched, cfg,
-                 (unsigned long long)pp->seed, pp->width, pp->height, hashes ? hashes : "") < 0)
-        a1111 = NULL;
-    free(hashes);
-    const char *kv[] = {"parameters", a1111 ? a1111 : "", "diffyface", params ? params : "{}",
-                        "Software", "diffyface df-sample", NULL};
-    if (!path || df_image_write_png(path, &img, kv) != DF_OK) {
+    df_gen_text gt = {.prompt = pp->prompt, .negative_prompt = pp->negative_prompt,
+                      .lora_prompt = o->lora_prompt, .lora_hashes = o->lora_hashes,
+                      .sampler = sched, .steps = pp->steps, .width = pp->width,
+                      .height = pp->height, .guidance = pp->guidance, .seed = pp->seed};
+    char *a1111 = df_gen_a1111_text(&gt);
+    if (!path || df_gen_png_write(path, &img, a1111, params, "diffyface df-sample") != DF_OK) {
         json_object_del(r, "file_name");
         fail_record(rs, r, "cannot write PNG: %s", df_last_error());
     } else {
         rs->images++;
-        if (write_record(r) != DF_OK) {
+        if (df_rec_write_line(1, r) != DF_OK) {
             df_error("stdout: %s", df_last_error());
             exit(1);
         }
