@@ -596,6 +596,7 @@ df_status df_scheduler_set_timesteps(df_scheduler *s, int steps)
     free_state(s);
     s->steps = steps;
     s->next = 0;
+    s->begin = 0;
     s->lower_order_nums = 0;
     s->this_order = 0;
     s->init_noise_sigma = 1.0f;
@@ -734,6 +735,47 @@ df_status df_scheduler_step(df_scheduler *s, int i, const float *model_out, cons
             return df_fail(DF_ERR_NUMERIC, "scheduler: non-finite value in the sample after step %d "
                                            "(t = %g)", i, s->ts[i]);
     return DF_OK;
+}
+
+df_status df_scheduler_set_begin_index(df_scheduler *s, int begin)
+{
+    if (!s->ts)
+        return df_fail(DF_ERR_ARG, "scheduler: begin index before set_timesteps");
+    if (begin < 0 || begin >= s->count)
+        return df_fail(DF_ERR_RANGE, "scheduler: begin index %d outside [0, %d)", begin, s->count);
+    if (s->next != s->begin)
+        return df_fail(DF_ERR_ARG, "scheduler: begin index after the first step");
+    s->begin = begin;
+    s->next = begin;
+    return DF_OK;
+}
+
+df_status df_scheduler_add_noise_at(const df_scheduler *s, int index, const float *x0,
+                                    const float *noise, size_t n, float *out)
+{
+    if (!s->ts || index < 0 || index >= s->count)
+        return df_fail(DF_ERR_RANGE, "scheduler: add_noise at step %d outside the schedule of %d",
+                       index, df_scheduler_count(s));
+    switch (s->kind) {
+    case DF_SK_DDIM: case DF_SK_DDPM: case DF_SK_PNDM: {
+        int64_t t = (int64_t)s->ts[index];
+        return df_scheduler_add_noise(s, x0, noise, &t, 1, n, out);
+    }
+    case DF_SK_EULER: case DF_SK_EULER_A: case DF_SK_LMS: {
+        float sigma = s->sigmas[index];
+        for (size_t k = 0; k < n; k++)
+            out[k] = x0[k] + noise[k] * sigma;
+        return DF_OK;
+    }
+    default: {   /* DPM, UniPC: _sigma_to_alpha_sigma_t, float32 */
+        float sigma = s->sigmas[index];
+        float alpha = 1.0f / sqrtf(sigma * sigma + 1.0f);
+        float sigma_t = sigma * alpha;
+        for (size_t k = 0; k < n; k++)
+            out[k] = alpha * x0[k] + sigma_t * noise[k];
+        return DF_OK;
+    }
+    }
 }
 
 /* ---- training forward process ---- */

@@ -114,6 +114,26 @@ df_status df_scheduler_step(df_scheduler *s, int i, const float *model_out, cons
  * pred_original_sample (DDIM, DDPM, Euler, Euler a, LMS); NULL otherwise. */
 const float *df_scheduler_pred_original(const df_scheduler *s);
 
+/* Start the run at step `begin` instead of 0, as diffusers'
+ * set_begin_index(t_start) for img2img and inpainting: the steps taken are
+ * begin, begin+1, ... and the multistep state starts empty there (PNDM's
+ * counter, UniPC's corrector and LMS's derivatives count from begin, as the
+ * diffusers classes do). Call after set_timesteps, before the first step;
+ * 0 <= begin < count. */
+df_status df_scheduler_set_begin_index(df_scheduler *s, int begin);
+
+/* The pipeline's scheduler.add_noise(x0, noise, timestep(index)) at step
+ * `index` of the inference schedule (index == count allowed for none of
+ * them; 0 <= index < count), elementwise over n values:
+ *   DDIM, DDPM, PNDM: sqrt(acp[t]) * x0 + sqrt(1 - acp[t]) * noise
+ *   Euler, Euler a, LMS: x0 + noise * sigma[index]
+ *   DPM-Solver++, UniPC: alpha * x0 + sigma_t * noise with
+ *                        alpha = 1/sqrt(sigma^2 + 1), sigma_t = sigma * alpha.
+ * (diffusers' sigma-based classes pick sigma by step index once a begin
+ * index is set, which is what the img2img and inpainting pipelines do.) */
+df_status df_scheduler_add_noise_at(const df_scheduler *s, int index, const float *x0,
+                                    const float *noise, size_t n, float *out);
+
 /* Training forward process from alphas_cumprod (float32 as diffusers'
  * DDPMScheduler): per batch item b with timestep t[b] and per_item elements,
  *   add_noise:    out = sqrt(acp[t]) * x0 + sqrt(1 - acp[t]) * noise

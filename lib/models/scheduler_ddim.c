@@ -185,6 +185,7 @@ static void pndm_step(df_scheduler *s, int i, int t, const float *mo, const floa
                       size_t n)
 {
     int ratio = s->num_train / s->steps, prev_t = t - ratio;
+    i -= s->begin;   /* diffusers' counter: steps taken since set_timesteps */
     float *e = s->tmp;
     const float *sample = x;
     if (i != 1) {

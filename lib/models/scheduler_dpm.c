@@ -318,7 +318,8 @@ static bool corrector_disabled(const df_scheduler *s, int step)
 df_status df_sched_unipc_step(df_scheduler *s, int i, const float *mo, const float *x, float *out,
                               size_t n)
 {
-    bool use_corrector = i > 0 && !corrector_disabled(s, i - 1);
+    /* diffusers also needs a last_sample, which the first step taken lacks */
+    bool use_corrector = i > s->begin && !corrector_disabled(s, i - 1);
     float *mc = s->noise;   /* the converted model output, scratch */
     to_x0_or_eps(s, i, s->predict_x0, mo, x, mc, n);
     float *sample = s->tmp;

@@ -167,7 +167,9 @@ static void lms_step(df_scheduler *s, int i, const float *mo, const float *x, fl
         c[q] = (float)lms_coeff(s->sigmas, order, i, q);
     for (size_t k = 0; k < n; k++) {
         float acc = c[0] * s->hist[s->nhist - 1][k];
-        for (int q = 1; q < order; q++)
+        /* After a begin index fewer derivatives than the order exist;
+         * diffusers' zip() pairs only those. */
+        for (int q = 1; q < order && q < s->nhist; q++)
             acc = acc + c[q] * s->hist[s->nhist - 1 - q][k];
         out[k] = x[k] + acc;
     }

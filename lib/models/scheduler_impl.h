@@ -53,6 +53,7 @@ struct df_scheduler {
 
     /* state between steps */
     int next;                         /* index the next step must have */
+    int begin;                        /* first step run (img2img's begin index), 0 by default */
     size_t n;                         /* elements per tensor (0 until the first step) */
     float *x0;                        /* pred_original_sample of the last step */
     bool has_x0;

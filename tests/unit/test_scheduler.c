@@ -307,6 +307,69 @@ static void test_all_names(void)
     json_decref(c);
 }
 
+/* img2img's begin index and the pipeline's add_noise: values computed with
+ * diffusers 0.27.2 (SD 2.1 config, 10 steps, set_begin_index(4) where the
+ * class has it; add_noise(x0, noise, timesteps[4:5])). */
+static void test_add_noise_at(void)
+{
+    static const struct { const char *name; float want[2]; } cases[] = {
+        {"ddim", {1.11367154f, -0.910945177f}},
+        {"euler", {2.45016241f, -1.83504868f}},
+        {"dpmpp_2m", {1.11665094f, -0.777398348f}},
+        {"unipc", {1.11665094f, -0.777398348f}},
+        {"pndm", {1.1165005f, -0.774697542f}},
+    };
+    json_t *c = cfg(SD21);
+    const float x0[2] = {0.5f, -1.25f}, noise[2] = {1.0f, -0.3f};
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        df_scheduler *s;
+        float out[2];
+        CHECK(df_scheduler_create(cases[k].name, c, NULL, &s) == DF_OK);
+        CHECK(df_scheduler_add_noise_at(s, 0, x0, noise, 2, out) == DF_ERR_RANGE);   /* no schedule */
+        CHECK(df_scheduler_set_timesteps(s, 10) == DF_OK);
+        CHECK(df_scheduler_set_begin_index(s, 4) == DF_OK);
+        CHECK(df_scheduler_add_noise_at(s, 4, x0, noise, 2, out) == DF_OK);
+        CHECK_MSG(fabsf(out[0] - cases[k].want[0]) <= 2e-6f && fabsf(out[1] - cases[k].want[1]) <= 2e-6f,
+                  "%s: %.9g %.9g", cases[k].name, out[0], out[1]);
+        CHECK(df_scheduler_add_noise_at(s, df_scheduler_count(s), x0, noise, 2, out) == DF_ERR_RANGE);
+        CHECK(df_scheduler_set_begin_index(s, df_scheduler_count(s)) == DF_ERR_RANGE);
+        CHECK(df_scheduler_set_begin_index(s, -1) == DF_ERR_RANGE);
+        df_scheduler_free(s);
+    }
+    json_decref(c);
+}
+
+/* Four steps from begin index 4 of 10 with model output 0.25 x + (0.1, -0.2):
+ * PNDM's counter, UniPC's corrector and DPM's lower-order start count from
+ * the begin index, as diffusers 0.27.2 gives (its values below). */
+static void test_begin_index_steps(void)
+{
+    static const struct { const char *name; float want[2]; } cases[] = {
+        {"pndm", {0.381341815f, -0.975676179f}},
+        {"unipc", {0.368647426f, -0.950982451f}},
+        {"dpmpp_2m", {0.364476532f, -0.940500259f}},
+    };
+    json_t *c = cfg(SD21);
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        df_scheduler *s;
+        float x[2] = {0.5f, -1.25f}, mo[2];
+        CHECK(df_scheduler_create(cases[k].name, c, NULL, &s) == DF_OK);
+        CHECK(df_scheduler_set_timesteps(s, 10) == DF_OK);
+        CHECK(df_scheduler_set_begin_index(s, 4) == DF_OK);
+        CHECK(df_scheduler_step(s, 0, x, x, mo, 2, NULL, NULL) == DF_ERR_ARG);   /* not the begin */
+        for (int i = 4; i < 8; i++) {
+            mo[0] = 0.25f * x[0] + 0.1f;
+            mo[1] = 0.25f * x[1] + -0.2f;
+            CHECK(df_scheduler_step(s, i, mo, x, x, 2, NULL, NULL) == DF_OK);
+        }
+        CHECK_MSG(fabsf(x[0] - cases[k].want[0]) <= 2e-6f && fabsf(x[1] - cases[k].want[1]) <= 2e-6f,
+                  "%s: %.9g %.9g", cases[k].name, x[0], x[1]);
+        CHECK(df_scheduler_set_begin_index(s, 5) == DF_ERR_ARG);   /* after steps */
+        df_scheduler_free(s);
+    }
+    json_decref(c);
+}
+
 int main(void)
 {
     test_errors();
@@ -316,5 +379,7 @@ int main(void)
     test_dpm_final_step();
     test_forward_process();
     test_all_names();
+    test_add_noise_at();
+    test_begin_index_steps();
     UNIT_END();
 }
