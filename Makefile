@@ -55,6 +55,8 @@ ifeq ($(CUDA),1)
   LDLIBS    += -lcudart -lcublas -lcudnn -lstdc++
 endif
 LIBDF    := $(BUILD)/libdf.a
+# The built-in CLIP BPE is embedded with .incbin (lib/models/clip_bpe.c).
+$(BUILD)/lib/models/clip_bpe.o: lib/models/clip_merges.txt.gz
 
 TOOLS    := $(patsubst tools/%.c,$(BIN)/%,$(wildcard tools/df-*.c))
 HELPERS  := $(patsubst tools/%.c,$(BUILD)/tools/%,$(filter-out tools/df-%,$(wildcard tools/*.c)))

@@ -38,7 +38,9 @@ typedef struct {
 
 struct df_safetensors {
     char *path;
-    void *map;                 /* whole file, read-only */
+    int refs;                  /* the owner's, plus one per view of this file */
+    df_safetensors *base;      /* a view: the file whose mapping holds its data */
+    void *map;                 /* whole file, read-only (NULL for a view) */
     size_t map_size;
     df_st_tensor *tensors;     /* in data-offset (file) order */
     size_t count;
@@ -353,6 +355,7 @@ df_status df_st_open(const char *path, df_safetensors **out)
         free(st);
         return df_fail(DF_ERR_NOMEM, "%s: out of memory", path);
     }
+    st->refs = 1;
     df_status s = map_file(st);
     if (s == DF_OK) {
         const unsigned char *p = st->map;
@@ -381,8 +384,10 @@ df_status df_st_open(const char *path, df_safetensors **out)
 
 void df_st_close(df_safetensors *st)
 {
-    if (!st)
+    /* Views of a file keep it open: the last close unmaps. */
+    if (!st || __atomic_sub_fetch(&st->refs, 1, __ATOMIC_ACQ_REL) > 0)
         return;
+    df_st_close(st->base);
     if (st->map)
         munmap(st->map, st->map_size);
     for (size_t i = 0; i < st->count; i++)
@@ -396,6 +401,44 @@ void df_st_close(df_safetensors *st)
     free(st->by_name);
     free(st->path);
     free(st);
+}
+
+df_status df_st_view_new(df_safetensors *base, const char *label, df_st_tensor *tensors,
+                         size_t n, df_safetensors **out)
+{
+    *out = NULL;
+    df_safetensors *v = calloc(1, sizeof *v);
+    size_t *by_name = calloc(n + 1, sizeof *by_name);
+    char *path = strdup(label);
+    if (!v || !by_name || !path) {
+        for (size_t i = 0; i < n; i++)
+            free((char *)tensors[i].name);
+        free(tensors);
+        free(v);
+        free(by_name);
+        free(path);
+        return df_fail(DF_ERR_NOMEM, "%s: out of memory", label);
+    }
+    v->path = path;
+    v->refs = 1;
+    v->tensors = tensors;
+    v->count = n;
+    v->by_name = by_name;
+    for (size_t i = 0; i < n; i++)
+        by_name[i] = i;
+    if (n)
+        qsort_r(by_name, n, sizeof *by_name, cmp_name_idx, tensors);
+    for (size_t i = 1; i < n; i++)
+        if (!strcmp(tensors[by_name[i - 1]].name, tensors[by_name[i]].name)) {
+            df_status s = df_fail(DF_ERR_FORMAT, "%s: tensor \"%s\" twice", label,
+                                  tensors[by_name[i]].name);
+            df_st_close(v);
+            return s;
+        }
+    __atomic_add_fetch(&base->refs, 1, __ATOMIC_ACQ_REL);
+    v->base = base;
+    *out = v;
+    return DF_OK;
 }
 
 size_t df_st_count(const df_safetensors *st)

@@ -47,6 +47,17 @@ df_status df_dtype_parse(const char *s, df_dtype *out);
 df_status df_st_open(const char *path, df_safetensors **out);
 void df_st_close(df_safetensors *st);
 
+/* A view: tensors that live in base's mapping under other names or shapes
+ * (a single-file checkpoint's UNet under its diffusers names, a fused q/k/v
+ * split into row slices). Each entry's data/nbytes must lie inside base's
+ * data, its dtype, shape and numel agree; names are malloc'd. The view takes
+ * the array and the names (freed on failure too), keeps base open until the
+ * view is closed (df_st_close of base only drops the caller's reference), and
+ * is read like a file: df_st_find, df_st_load_f32, ... Duplicate names are
+ * DF_ERR_FORMAT. label stands for the path in messages. */
+df_status df_st_view_new(df_safetensors *base, const char *label, df_st_tensor *tensors,
+                         size_t n, df_safetensors **out);
+
 size_t df_st_count(const df_safetensors *st);
 const df_st_tensor *df_st_at(const df_safetensors *st, size_t i);   /* in file order */
 const df_st_tensor *df_st_find(const df_safetensors *st, const char *name);

@@ -23,27 +23,52 @@ struct df_weights {
     float **copy;              /* per tensor: private F32 copy or NULL */
     size_t private_bytes;
     pthread_mutex_t lock;
+    df_weights_hint_fn hint;   /* names a missing tensor as the file would */
+    _Alignas(16) unsigned char hint_ctx[64];
+    size_t hint_ctx_size;
 };
+
+df_status df_weights_open_st(df_safetensors *st, df_weights **out)
+{
+    *out = NULL;
+    df_weights *w = calloc(1, sizeof *w);
+    if (w)
+        w->copy = calloc(df_st_count(st) + 1, sizeof *w->copy);
+    if (!w || !w->copy) {
+        df_status s = df_fail(DF_ERR_NOMEM, "%s: out of memory", df_st_path(st));
+        free(w);
+        df_st_close(st);
+        return s;
+    }
+    w->st = st;
+    pthread_mutex_init(&w->lock, NULL);
+    *out = w;
+    return DF_OK;
+}
 
 df_status df_weights_open_file(const char *path, df_weights **out)
 {
     *out = NULL;
-    df_weights *w = calloc(1, sizeof *w);
-    if (!w)
-        return df_fail(DF_ERR_NOMEM, "%s: out of memory", path);
-    df_status s = df_st_open(path, &w->st);
-    if (s != DF_OK) {
-        free(w);
-        return s;
-    }
-    if (!(w->copy = calloc(df_st_count(w->st) + 1, sizeof *w->copy))) {
-        df_st_close(w->st);
-        free(w);
-        return df_fail(DF_ERR_NOMEM, "%s: out of memory", path);
-    }
-    pthread_mutex_init(&w->lock, NULL);
-    *out = w;
-    return DF_OK;
+    df_safetensors *st;
+    df_status s = df_st_open(path, &st);
+    return s == DF_OK ? df_weights_open_st(st, out) : s;
+}
+
+void df_weights_set_hint(df_weights *w, df_weights_hint_fn fn, const void *ctx, size_t ctx_size)
+{
+    w->hint = fn;
+    w->hint_ctx_size = ctx_size < sizeof w->hint_ctx ? ctx_size : sizeof w->hint_ctx;
+    memcpy(w->hint_ctx, ctx, w->hint_ctx_size);
+}
+
+/* "no tensor" for name, with the hint's name of it in the file when there is one. */
+static df_status missing(const df_weights *w, const char *name)
+{
+    char other[512];
+    if (w->hint && w->hint(w->hint_ctx, name, other, sizeof other))
+        return df_fail(DF_ERR_NOTFOUND, "%s: no tensor \"%s\" (for %s)", df_st_path(w->st),
+                       other, name);
+    return df_fail(DF_ERR_NOTFOUND, "%s: no tensor \"%s\"", df_st_path(w->st), name);
 }
 
 static bool is_file(const char *path)
@@ -127,7 +152,7 @@ const float *df_weights_get(df_weights *w, const char *name, int ndim, const int
     const float *out = NULL;
     long i = df_st_index(w->st, name);
     if (i < 0) {
-        s = df_fail(DF_ERR_NOTFOUND, "%s: no tensor \"%s\"", df_st_path(w->st), name);
+        s = missing(w, name);
         goto done;
     }
     const df_st_tensor *t = df_st_at(w->st, (size_t)i);
@@ -171,7 +196,7 @@ float *df_weights_mut(df_weights *w, const char *name, int *ndim, int64_t *shape
 {
     long i = df_st_index(w->st, name);
     if (i < 0) {
-        df_fail(DF_ERR_NOTFOUND, "%s: no tensor \"%s\"", df_st_path(w->st), name);
+        missing(w, name);
         return NULL;
     }
     const df_st_tensor *t = df_st_at(w->st, (size_t)i);

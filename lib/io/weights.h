@@ -24,6 +24,15 @@ typedef struct df_weights df_weights;
  * "model.fp16.safetensors". The error names the folder and what was missing. */
 df_status df_weights_open_dir(const char *component_dir, const char *variant, df_weights **out);
 df_status df_weights_open_file(const char *path, df_weights **out);
+/* A table over an open file or view (df_st_view_new), which it takes over:
+ * closed by df_weights_free, or now when this fails. */
+df_status df_weights_open_st(df_safetensors *st, df_weights **out);
+/* For a table whose names are not the file's own (a single-file checkpoint
+ * read under diffusers names): fn writes the file's name for a tensor the
+ * model asked for, so that "no tensor" names what is missing in the file.
+ * ctx (up to 64 bytes) is copied. fn returns false when it knows no name. */
+typedef bool (*df_weights_hint_fn)(const void *ctx, const char *name, char *buf, size_t cap);
+void df_weights_set_hint(df_weights *w, df_weights_hint_fn fn, const void *ctx, size_t ctx_size);
 void df_weights_free(df_weights *w);
 
 /* The F32 data of `name`, checked against shape (ndim entries; pass

@@ -50,6 +50,8 @@ static df_status cfg_int(const json_t *j, const char *path, const char *key, lon
     return DF_OK;
 }
 
+static df_status parse_config(const json_t *j, const char *path, df_clip_config *cfg);
+
 static df_status read_config(const char *dir, df_clip_config *cfg)
 {
     char path[4096];
@@ -58,10 +60,16 @@ static df_status read_config(const char *dir, df_clip_config *cfg)
     df_status st = df_json_load_file(path, &j);
     if (st)
         return st;
-    if (!json_is_object(j)) {
-        json_decref(j);
+    st = parse_config(j, path, cfg);
+    json_decref(j);
+    return st;
+}
+
+static df_status parse_config(const json_t *j, const char *path, df_clip_config *cfg)
+{
+    df_status st = DF_OK;
+    if (!json_is_object(j))
         return df_fail(DF_ERR_FORMAT, "%s: not a JSON object", path);
-    }
     if ((st = cfg_int(j, path, "hidden_size", 1, 1 << 16, &cfg->hidden_size)) ||
         (st = cfg_int(j, path, "num_hidden_layers", 1, 1024, &cfg->num_layers)) ||
         (st = cfg_int(j, path, "num_attention_heads", 1, 1 << 12, &cfg->num_heads)) ||
@@ -102,7 +110,6 @@ static df_status read_config(const char *dir, df_clip_config *cfg)
         st = df_fail(DF_ERR_FORMAT, "%s: hidden_size %d is not a multiple of num_attention_heads %d",
                      path, cfg->hidden_size, cfg->num_heads);
 out:
-    json_decref(j);
     return st;
 }
 
@@ -179,6 +186,8 @@ static df_status get_layer(df_clip *c, int l, clip_layer *y)
     return fetch(c->w, prefix, specs, sizeof specs / sizeof *specs);
 }
 
+static df_status check_weights(df_clip *c, df_status st);
+
 df_status df_clip_load(const char *dir, const char *variant, df_clip **out)
 {
     *out = NULL;
@@ -188,6 +197,36 @@ df_status df_clip_load(const char *dir, const char *variant, df_clip **out)
     df_status st = read_config(dir, &c->cfg);
     if (!st)
         st = df_weights_open_dir(dir, variant, &c->w);
+    if ((st = check_weights(c, st))) {
+        df_clip_free(c);
+        return st;
+    }
+    *out = c;
+    return DF_OK;
+}
+
+df_status df_clip_load_json(const json_t *config, const char *label, df_weights *w,
+                            df_clip **out)
+{
+    *out = NULL;
+    df_clip *c = calloc(1, sizeof *c);
+    if (!c) {
+        df_weights_free(w);
+        return df_fail(DF_ERR_NOMEM, "%s: out of memory", label);
+    }
+    c->w = w;
+    df_status st = check_weights(c, parse_config(config, label, &c->cfg));
+    if (st) {
+        df_clip_free(c);
+        return st;
+    }
+    *out = c;
+    return DF_OK;
+}
+
+/* After the config (st: how reading it went) and the table are in c. */
+static df_status check_weights(df_clip *c, df_status st)
+{
     /* Fetch every weight once now, so that a missing or misshapen tensor
      * fails the load (naming it) rather than the first forward. */
     clip_top top;
@@ -198,12 +237,7 @@ df_status df_clip_load(const char *dir, const char *variant, df_clip **out)
         st = get_layer(c, l, &lw);
     if (st && c->w)   /* a tensor's detail: say whose it is */
         st = df_fail(st, "text encoder: %s", df_last_error());
-    if (st) {
-        df_clip_free(c);
-        return st;
-    }
-    *out = c;
-    return DF_OK;
+    return st;
 }
 
 /* ---- forward ---- */

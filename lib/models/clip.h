@@ -15,6 +15,7 @@
 #ifndef DF_CLIP_H
 #define DF_CLIP_H
 
+#include <jansson.h>
 #include <stdint.h>
 
 #include <stddef.h>
@@ -44,6 +45,11 @@ typedef struct df_clip df_clip;
  * so a missing tensor or a shape mismatch fails the load, naming the
  * tensor. Unknown keys (position_ids) are ignored. */
 df_status df_clip_load(const char *dir, const char *variant, df_clip **out);
+/* The same from a parsed config.json (label names it in messages) and an
+ * open weight table, which the model takes over (freed on failure too):
+ * a single-file checkpoint's view (lib/models/single_file.h). */
+df_status df_clip_load_json(const json_t *config, const char *label, df_weights *w,
+                            df_clip **out);
 void df_clip_free(df_clip *c);
 
 const df_clip_config *df_clip_get_config(const df_clip *c);

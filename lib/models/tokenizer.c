@@ -320,13 +320,9 @@ static bool is_space_ascii(char c)
  * position is its rank. Read as transformers reads it: the whole file
  * stripped, split on '\n', lines 1..CLIP_MAX_MERGES, each split on
  * whitespace; a line that is not two fields takes a rank but matches no pair. */
-static df_status load_merges(df_tokenizer *t, const char *path)
+static df_status parse_merges(df_tokenizer *t, char *buf, size_t len, const char *path)
 {
-    char *buf = NULL;
-    size_t len = 0;
-    df_status st = read_file(path, &buf, &len);
-    if (st)
-        return st;
+    df_status st = DF_OK;
     char *s = buf, *e = buf + len;
     while (s < e && is_space_ascii(*s))
         s++;
@@ -362,6 +358,16 @@ static df_status load_merges(df_tokenizer *t, const char *path)
     if (t->merges.n == 0)
         st = df_fail(DF_ERR_FORMAT, "%s: no merges", path);
 out:
+    return st;
+}
+
+static df_status load_merges(df_tokenizer *t, const char *path)
+{
+    char *buf = NULL;
+    size_t len = 0;
+    df_status st = read_file(path, &buf, &len);
+    if (st == DF_OK)
+        st = parse_merges(t, buf, len, path);
     free(buf);
     return st;
 }
@@ -437,6 +443,9 @@ static json_t *load_optional_json(const char *path, df_status *st)
     return j;
 }
 
+static df_status set_specials(df_tokenizer *t, const json_t *map, const json_t *cfg,
+                              const char *dir, const char *path);
+
 static df_status load_specials(df_tokenizer *t, const char *dir)
 {
     char path[4096];
@@ -445,8 +454,19 @@ static df_status load_specials(df_tokenizer *t, const char *dir)
     json_t *map = load_optional_json(path, &st);
     snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
     json_t *cfg = st ? NULL : load_optional_json(path, &st);
-    if (st)
-        goto out;
+    if (!st)
+        st = set_specials(t, map, cfg, dir, path);
+    json_decref(map);
+    json_decref(cfg);
+    return st;
+}
+
+/* The special tokens and model_max_length from special_tokens_map.json
+ * (map) and tokenizer_config.json (cfg, read from path); either may be NULL. */
+static df_status set_specials(df_tokenizer *t, const json_t *map, const json_t *cfg,
+                              const char *dir, const char *path)
+{
+    df_status st = DF_OK;
     t->max_length = 77;
     json_t *ml = cfg ? json_object_get(cfg, "model_max_length") : NULL;
     if (ml) {
@@ -477,8 +497,6 @@ static df_status load_specials(df_tokenizer *t, const char *dir)
             st = add_special(t, c, dir);
     }
 out:
-    json_decref(map);
-    json_decref(cfg);
     return st;
 }
 
@@ -504,6 +522,104 @@ df_status df_tokenizer_load(const char *dir, df_tokenizer **out)
 fail:
     df_tokenizer_free(t);
     return st;
+}
+
+/* CLIP's simple_tokenizer builds its vocabulary from the merges alone: the
+ * 256 byte symbols in bytes_to_unicode order (printable bytes ascending,
+ * then the remapped ones), the same with "</w>", each merge's joined pair
+ * in rank order, then <|startoftext|> and <|endoftext|>. */
+static df_status clip_vocab(df_tokenizer *t, const char *label)
+{
+    size_t nm = t->merges.n, n = 512 + nm + 2;
+    df_status st = ht_init(&t->vocab, n);
+    if (st)
+        return st;
+    if (!(t->id_to_token = calloc(n, sizeof *t->id_to_token)))
+        return df_fail(DF_ERR_NOMEM, "%s: out of memory", label);
+    int order[256], k = 0;
+    for (int pass = 0; pass < 2; pass++)
+        for (int b = 0; b < 256; b++) {
+            bool printable = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE);
+            if (printable == (pass == 0))
+                order[k++] = b;
+        }
+    int32_t id = 0;
+    for (int end = 0; end < 2; end++)
+        for (int i = 0; i < 256; i++) {
+            char tok[8];
+            snprintf(tok, sizeof tok, "%s%s", t->byte_enc[order[i]], end ? "</w>" : "");
+            t->id_to_token[id] = strdup(tok);
+            if (!t->id_to_token[id] || (st = ht_put(&t->vocab, tok, strlen(tok), id)))
+                return st ? st : df_fail(DF_ERR_NOMEM, "%s: out of memory", label);
+            id++;
+        }
+    /* Merge ranks are 0..nm-1; the slot order of the table is not rank order. */
+    for (size_t i = 0; i < t->merges.cap; i++) {
+        const hslot *m = &t->merges.slots[i];
+        if (!m->key)
+            continue;
+        if (m->val < 0 || (size_t)m->val >= nm || t->id_to_token[512 + m->val])
+            return df_fail(DF_ERR_FORMAT, "%s: merge ranks are not 0..%zu", label, nm - 1);
+        char *joined = malloc(m->len + 1);
+        if (!joined)
+            return df_fail(DF_ERR_NOMEM, "%s: out of memory", label);
+        size_t a = strcspn(m->key, " ");
+        memcpy(joined, m->key, a);
+        memcpy(joined + a, m->key + a + 1, m->len - a - 1);
+        joined[m->len - 1] = '\0';
+        t->id_to_token[512 + m->val] = joined;
+    }
+    for (size_t i = 0; i < nm; i++)
+        if ((st = ht_put(&t->vocab, t->id_to_token[512 + i], strlen(t->id_to_token[512 + i]),
+                         (int32_t)(512 + i))))
+            return st;
+    static const char *const special[2] = {"<|startoftext|>", "<|endoftext|>"};
+    for (int i = 0; i < 2; i++) {
+        if (!(t->id_to_token[512 + nm + i] = strdup(special[i])))
+            return df_fail(DF_ERR_NOMEM, "%s: out of memory", label);
+        if ((st = ht_put(&t->vocab, special[i], strlen(special[i]), (int32_t)(512 + nm + i))))
+            return st;
+    }
+    t->n_ids = (int32_t)n;
+    t->vocab_entries = (int32_t)t->vocab.n;
+    return DF_OK;
+}
+
+df_status df_tokenizer_load_merges(const char *merges, size_t len, const char *label,
+                                   df_tokenizer **out)
+{
+    *out = NULL;
+    df_tokenizer *t = calloc(1, sizeof *t);
+    char *buf = malloc(len + 1);
+    df_status st = DF_OK;
+    if (!t || !buf) {
+        free(buf);
+        free(t);
+        return df_fail(DF_ERR_NOMEM, "tokenizer: out of memory");
+    }
+    memcpy(buf, merges, len);
+    buf[len] = '\0';
+    build_byte_encoder(t);
+    /* SD 2.x's special_tokens_map.json: pad "!" (id 0); the rest CLIP's. */
+    json_t *map = json_pack("{s:s}", "pad_token", "!");
+    json_t *cfg = json_pack("{s:i}", "model_max_length", 77);
+    if (!map || !cfg)
+        st = df_fail(DF_ERR_NOMEM, "tokenizer: out of memory");
+    if (!st)
+        st = parse_merges(t, buf, len, label);
+    if (!st)
+        st = clip_vocab(t, label);
+    if (!st)
+        st = set_specials(t, map, cfg, label, label);
+    json_decref(map);
+    json_decref(cfg);
+    free(buf);
+    if (st) {
+        df_tokenizer_free(t);
+        return st;
+    }
+    *out = t;
+    return DF_OK;
 }
 
 /* ---- Unicode classes, as Python's unicodedata / str and the regex module ---- */

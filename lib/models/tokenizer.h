@@ -34,6 +34,17 @@ typedef struct df_tokenizer df_tokenizer;
 df_status df_tokenizer_load(const char *dir, df_tokenizer **out);
 void df_tokenizer_free(df_tokenizer *t);
 
+/* From merges.txt text alone, the vocabulary derived as CLIP's
+ * simple_tokenizer derives it (byte symbols, the same with "</w>", the
+ * merges in rank order, <|startoftext|>, <|endoftext|>), with SD 2.x's
+ * special tokens (pad "!") and model_max_length 77. label names the source
+ * in messages. */
+df_status df_tokenizer_load_merges(const char *merges, size_t len, const char *label,
+                                   df_tokenizer **out);
+/* OpenAI CLIP's BPE, built into libdf (lib/models/clip_bpe.c), for models
+ * that bring no tokenizer folder: df_tokenizer_load_merges on it. */
+df_status df_tokenizer_load_builtin(df_tokenizer **out);
+
 /* model_max_length (77 for CLIP) and the special ids (49406, 49407, and 0
  * for SD 2.x's "!" pad). */
 int df_tokenizer_max_length(const df_tokenizer *t);

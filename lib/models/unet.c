@@ -365,6 +365,30 @@ static df_status bind_all(df_unet *u, bool collect)
 
 /* ------------------------------------------------------------------ load */
 
+df_status df_unet_load_json(const json_t *config, const char *label, df_weights *w,
+                            df_unet **out)
+{
+    *out = NULL;
+    df_unet *m = calloc(1, sizeof *m);
+    if (!m) {
+        df_weights_free(w);
+        return df_fail(DF_ERR_NOMEM, "unet: out of memory");
+    }
+    m->w = w;
+    df_nn_cfg c = {.j = (json_t *)config};
+    snprintf(c.path, sizeof c.path, "%s", label);
+    df_status s = json_is_object(config) ? read_config(&c, m)
+                                         : df_fail(DF_ERR_FORMAT, "%s: not a JSON object", label);
+    if (s == DF_OK)
+        s = bind_all(m, true);
+    if (s != DF_OK) {
+        df_unet_free(m);
+        return s;
+    }
+    *out = m;
+    return DF_OK;
+}
+
 df_status df_unet_load(const char *dir, const char *variant, df_unet **out)
 {
     *out = NULL;

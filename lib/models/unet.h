@@ -21,6 +21,7 @@
 #ifndef DF_UNET_H
 #define DF_UNET_H
 
+#include <jansson.h>
 #include <stddef.h>
 
 #include "status.h"
@@ -31,6 +32,11 @@ typedef struct df_unet df_unet;
 /* Load dir/config.json and the weights (variant NULL: F32 file; "fp16":
  * diffusion_pytorch_model.fp16.safetensors, upcast to F32). */
 df_status df_unet_load(const char *dir, const char *variant, df_unet **out);
+/* The same from a parsed config.json (label names it in messages) and an
+ * open weight table, which the model takes over (freed on failure too):
+ * a single-file checkpoint's view (lib/models/single_file.h). */
+df_status df_unet_load_json(const json_t *config, const char *label, df_weights *w,
+                            df_unet **out);
 void df_unet_free(df_unet *u);
 
 /* sample (B,in_channels,h,w), timesteps (B), encoder_hidden_states

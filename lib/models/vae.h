@@ -18,6 +18,7 @@
 #ifndef DF_VAE_H
 #define DF_VAE_H
 
+#include <jansson.h>
 #include <stddef.h>
 
 #include "status.h"
@@ -27,6 +28,11 @@ typedef struct df_vae df_vae;
 
 /* Load dir/config.json and the weights (variant NULL or "fp16"). */
 df_status df_vae_load(const char *dir, const char *variant, df_vae **out);
+/* The same from a parsed config.json (label names it in messages) and an
+ * open weight table, which the model takes over (freed on failure too):
+ * a single-file checkpoint's view (lib/models/single_file.h). */
+df_status df_vae_load_json(const json_t *config, const char *label, df_weights *w,
+                            df_vae **out);
 void df_vae_free(df_vae *v);
 
 /* Latent size for an image of H x W (each downsampler halves, rounding
