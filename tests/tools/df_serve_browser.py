@@ -343,6 +343,9 @@ def main_checks(p, args, info):
     m = p.wait(lambda: re.match(r"running: step (\d+) of (\d+)", p.status()) if
                re.match(r"running: step [1-9]", p.status()) else None, "a running job shows its step", 120)
     if m:
+        # a reload goes on following the job (its id is kept in sessionStorage)
+        p.load()
+        p.wait(lambda: re.match(r"running: step [1-9]", p.status()), "after a reload the job is followed", 60)
         prog = p.js("const b = document.getElementById('progress'); return [b.value, b.max]")
         check(0 < prog[0] < prog[1] == steps, f"progress bar part way: {prog} ({p.status()!r})")
         check(p.el("cancel").is_enabled(), "Cancel is enabled while the job runs")
