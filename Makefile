@@ -83,6 +83,13 @@ $(BIN)/%: tools/%.c $(LIBDF)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(LIBDF) $(LDLIBS)
 
+# df-serve is tools/df-serve.c plus its parts in tools/df-serve/ (one job a
+# file) and the page embedded with .incbin; only it links libmicrohttpd.
+SERVE_SRC := tools/df-serve.c $(wildcard tools/df-serve/*.c)
+$(BIN)/df-serve: $(SERVE_SRC) $(wildcard tools/df-serve/*.h) tools/df-serve/page.html $(LIBDF)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -Itools/df-serve $(LDFLAGS) -o $@ $(SERVE_SRC) $(LIBDF) $(LDLIBS) -lmicrohttpd
+
 $(BUILD)/tools/%: tools/%.c $(LIBDF)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(LIBDF) $(LDLIBS)
@@ -105,7 +112,7 @@ bench: all
 
 DEB_PACKAGES := build-essential libjansson-dev libjpeg62-turbo-dev libpng-dev \
   libcurl4-openssl-dev libssl-dev libopenblas-dev zlib1g-dev parallel curl \
-  python3 python3-pil python3-numpy libutf8proc-dev clang libclang-rt-dev \
+  python3 python3-pil python3-numpy libutf8proc-dev clang libclang-rt-dev libmicrohttpd-dev \
   chromium chromium-driver python3-selenium
 deps:
 	@if dpkg -s $(DEB_PACKAGES) >/dev/null 2>&1; then echo "deps: all installed"; else \
