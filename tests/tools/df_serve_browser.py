@@ -67,8 +67,13 @@ class Page:
         return self.d.find_element(By.ID, id_)
 
     def wait(self, cond, what, timeout=60):
+        def once(_):
+            try:
+                return cond()
+            except WebDriverException:      # e.g. a page without the element
+                return None
         try:
-            return WebDriverWait(self.d, timeout, poll_frequency=0.05).until(lambda d: cond())
+            return WebDriverWait(self.d, timeout, poll_frequency=0.05).until(once)
         except TimeoutException:
             check(False, f"{what} (waited {timeout} s)")
             return None
@@ -456,6 +461,19 @@ def phone_checks(p, args):
 
 def key_checks(p, args):
     """A server with --api-key-env: the page asks once, keeps the key in sessionStorage."""
+    # The page holds no data and must load without the key, or nothing can
+    # ask for it: its /api/... requests are what answer 401.
+    req = urllib.request.Request(args.url + "/")
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            code, ctype = r.status, r.headers.get("Content-Type", "")
+    except urllib.error.HTTPError as e:
+        code, ctype = e.code, e.headers.get("Content-Type", "")
+    if not check(code == 200 and ctype.startswith("text/html"),
+                 f"GET / without the key serves the page ({code} {ctype}), so it can ask for the key"):
+        return
+    code, _ = http(argparse.Namespace(url=args.url, key=None), "GET", "/api/info")
+    check(code == 401, f"GET /api/info without the key: {code}")
     p.d.get(args.url + "/")
     dialog_open = lambda: p.js("return document.getElementById('key-dialog').open")
     if not p.wait(dialog_open, "the page asks for the API key after a 401", 30):
