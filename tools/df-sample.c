@@ -32,17 +32,23 @@
 #include "scheduler.h"
 
 static const char usage_text[] =
-    "usage: df-sample --model DIR [-p PROMPT] [-n NEGATIVE] [--lora FILE[:SCALE]]...\n"
+    "usage: df-sample --model DIR|FILE [-p PROMPT] [-n NEGATIVE] [--lora FILE[:SCALE]]...\n"
     "                 [--steps N] [--guidance G] [--scheduler NAME] [--seed S]\n"
     "                 [--width W] [--height H] [--batch N] [--out DIR] [-t THREADS]\n"
     "                 [--latents FILE] [--save-latents FILE] [--variant fp16]\n"
+    "                 [--config DIR] [--prediction v|epsilon]\n"
     "                 [--keep-models] [--strict] [--quiet|--progress]\n"
     "Generates images from text with a Stable Diffusion 2.x diffusers folder.\n"
     "Without -p, reads prompt records (JSON Lines) on stdin. Writes PNGs under --out\n"
     "and one record per image on stdout. See df-sample(1).\n"
     "\n"
     "  --model DIR            diffusers folder (model_index.json, unet/, vae/, ...)\n"
+    "  --model FILE           single-file checkpoint (original SD layout, .safetensors)\n"
     "  --variant fp16         use the *.fp16.safetensors weight files\n"
+    "  --config DIR           with --model FILE: configs and tokenizer of this diffusers\n"
+    "                         folder instead of the built-in SD 2.1 ones\n"
+    "  --prediction v|epsilon with --model FILE: the UNet's prediction type (default: v\n"
+    "                         for sample_size 96, the 768 px models, else epsilon)\n"
     "  --lora FILE[:SCALE]    merge a LoRA (PEFT, diffusers or kohya keys); repeatable\n"
     "  -p, --prompt TEXT      prompt (else JSONL records on stdin)\n"
     "  -n, --negative-prompt TEXT   negative prompt (default \"\")\n"
@@ -64,6 +70,7 @@ static const char usage_text[] =
 
 typedef struct {
     const char *model, *variant, *prompt, *negative, *scheduler, *out_dir;
+    const char *config_dir, *prediction;   /* single-file models */
     const char *latents_file, *save_latents;
     int steps, width, height, batch, threads;
     float guidance;
@@ -138,7 +145,8 @@ static unsigned long long random_seed(void)
 }
 
 enum { O_MODEL = 256, O_VARIANT, O_LORA, O_STEPS, O_GUIDANCE, O_SCHED, O_SEED, O_WIDTH,
-       O_HEIGHT, O_BATCH, O_OUT, O_LATENTS, O_SAVE, O_KEEP, O_STRICT, O_QUIET, O_PROGRESS };
+       O_HEIGHT, O_BATCH, O_OUT, O_LATENTS, O_SAVE, O_KEEP, O_STRICT, O_QUIET, O_PROGRESS,
+       O_CONFIG, O_PREDICTION };
 
 static void parse_args(int argc, char **argv, options *o, df_pipeline **pipe)
 {
@@ -153,6 +161,8 @@ static void parse_args(int argc, char **argv, options *o, df_pipeline **pipe)
         {"latents", required_argument, 0, O_LATENTS}, {"save-latents", required_argument, 0, O_SAVE},
         {"keep-models", no_argument, 0, O_KEEP}, {"strict", no_argument, 0, O_STRICT},
         {"quiet", no_argument, 0, O_QUIET}, {"progress", no_argument, 0, O_PROGRESS},
+        {"config", required_argument, 0, O_CONFIG},
+        {"prediction", required_argument, 0, O_PREDICTION},
         {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
     const char *loras[64];
     int nl = 0, c;
@@ -161,6 +171,8 @@ static void parse_args(int argc, char **argv, options *o, df_pipeline **pipe)
         case 'h': fputs(usage_text, stdout); exit(0);
         case O_MODEL: o->model = optarg; break;
         case O_VARIANT: o->variant = optarg; break;
+        case O_CONFIG: o->config_dir = optarg; break;
+        case O_PREDICTION: o->prediction = optarg; break;
         case O_LORA:
             if (nl == 64)
                 df_usage_error("at most 64 --lora options");
@@ -192,6 +204,14 @@ static void parse_args(int argc, char **argv, options *o, df_pipeline **pipe)
         df_usage_error("--model DIR is required");
     if (o->variant && strcmp(o->variant, "fp16"))
         df_usage_error("--variant: only 'fp16' is known");
+    if (o->prediction && strcmp(o->prediction, "v") && strcmp(o->prediction, "epsilon"))
+        df_usage_error("--prediction: 'v' or 'epsilon'");
+    struct stat msb;
+    bool found = stat(o->model, &msb) == 0, is_dir = found && S_ISDIR(msb.st_mode);
+    if (found && !is_dir && o->variant)
+        df_usage_error("--variant is for diffusers folders (a single file has its dtype inside)");
+    if (is_dir && (o->config_dir || o->prediction))
+        df_usage_error("--config and --prediction are for single-file models (--model FILE)");
     if (o->scheduler) {
         df_scheduler *s;
         if (df_scheduler_create(o->scheduler, NULL, NULL, &s) != DF_OK)
@@ -208,7 +228,9 @@ static void parse_args(int argc, char **argv, options *o, df_pipeline **pipe)
         df_error("--out %s: not a directory", o->out_dir);
         exit(1);
     }
-    if (df_pipeline_open(o->model, o->variant, pipe) != DF_OK) {
+    df_pipeline_open_opts oo = {.variant = o->variant, .config_dir = o->config_dir,
+                                .prediction = o->prediction};
+    if (df_pipeline_open_model(o->model, &oo, pipe) != DF_OK) {
         df_error("%s", df_last_error());
         exit(1);
     }
@@ -481,11 +503,11 @@ static int params_from(run_state *rs, json_t *rec, df_pipeline_params *pp, char 
 
 /* The short name of the scheduler a run used ("ddim", "dpmpp_2m_karras"), one
  * naming for the model's default, a class name and a short alias alike. */
-static void scheduler_name(const options *o, const df_pipeline_params *pp,
+static void scheduler_name(const df_pipeline *pipe, const df_pipeline_params *pp,
                            const df_pipeline_output *out, char *buf, size_t cap)
 {
     df_scheduler *s;
-    if (df_scheduler_load(o->model, pp->scheduler, NULL, &s) == DF_OK) {
+    if (df_scheduler_create(pp->scheduler, df_pipeline_scheduler_config(pipe), NULL, &s) == DF_OK) {
         snprintf(buf, cap, "%s", df_scheduler_short_name(s));
         df_scheduler_free(s);
     } else {   /* not expected: the same config just built it */
@@ -585,7 +607,7 @@ static void run_one(run_state *rs, json_t *rec)
         free(path);
     }
     char sched[64];
-    scheduler_name(rs->o, &pp, &out, sched, sizeof sched);
+    scheduler_name(rs->pipe, &pp, &out, sched, sizeof sched);
     for (int b = 0; b < out.batch; b++)
         write_image(rs, rec, &pp, &out, sched, b, secs / out.batch);
     df_pipeline_output_free(&out);

@@ -15,6 +15,7 @@
 #include "ops.h"
 #include "rng.h"
 #include "scheduler.h"
+#include "single_file.h"
 #include "tokenizer.h"
 #include "unet.h"
 #include "vae.h"
@@ -39,6 +40,7 @@ struct df_pipeline {
     int n_loras;
     bool keep;
     bool load_failed;    /* the last generate failed loading a component */
+    df_sf_model *sf;     /* a single-file checkpoint: its configs and mapped tables */
     df_clip *clip;       /* loaded on demand; kept only with keep */
     df_unet *unet;
     df_vae *vae;
@@ -160,6 +162,106 @@ df_status df_pipeline_open(const char *model_dir, const char *variant, df_pipeli
     return DF_OK;
 }
 
+/* The original SD layout in one .safetensors (lib/models/single_file.h):
+ * configs and tokenizer built in or from opts->config_dir; the components'
+ * tables are views of the file, made when each component loads. */
+static df_status open_single_file(const char *model, const df_pipeline_open_opts *opts,
+                                  df_pipeline **out)
+{
+    df_pipeline *p = calloc(1, sizeof *p);
+    if (!p || !(p->dir = strdup(model)) || !(p->sf = calloc(1, sizeof *p->sf))) {
+        df_pipeline_free(p);
+        return df_fail(DF_ERR_NOMEM, "out of memory");
+    }
+    df_status st = df_sf_model_open(model, opts ? opts->config_dir : NULL,
+                                    opts ? opts->prediction : NULL, p->sf);
+    if (st != DF_OK) {
+        free(p->sf);   /* nothing left in it to free */
+        p->sf = NULL;
+        df_pipeline_free(p);
+        return st;
+    }
+    p->tok = p->sf->tok;   /* the pipeline frees these two */
+    p->sf->tok = NULL;
+    p->sched_config = json_incref(p->sf->scheduler);
+    p->unet_sample_size = p->sf->unet_sample_size;
+    p->unet_channels = p->sf->unet_in_channels;
+    p->vae_scale = 1 << (p->sf->vae_blocks - 1);
+    if (p->unet_sample_size > 8192 / p->vae_scale) {   /* the default side must stay sane */
+        st = df_fail(DF_ERR_FORMAT, "%s: sample_size %d outside [1, %d]",
+                     p->sf->label[DF_SF_UNET], p->unet_sample_size, 8192 / p->vae_scale);
+        df_pipeline_free(p);
+        return st;
+    }
+    snprintf(p->notes, sizeof p->notes, "%.*s", (int)sizeof p->notes - 1, p->sf->note);
+    size_t unknown = df_single_file_count(p->sf->file, DF_SF_UNKNOWN);
+    if (unknown) {
+        size_t n = strlen(p->notes);
+        snprintf(p->notes + n, sizeof p->notes - n, "%s%s: %zu of its %zu tensors are not used "
+                 "(unknown names; the first: %s)", n ? "\n" : "", model, unknown,
+                 df_single_file_tensors(p->sf->file), df_single_file_unknown(p->sf->file, 0));
+    }
+    *out = p;
+    return DF_OK;
+}
+
+/* Which file and config a single-file load error is about. */
+static df_status sf_context(const df_pipeline *p, df_sf_component c, df_status st)
+{
+    char msg[1024];
+    snprintf(msg, sizeof msg, "%s", df_last_error());
+    return df_fail(st, "%s: %s (config: %s)", p->dir, msg, p->sf->label[c]);
+}
+
+/* A component's weights and model, from its folder or the single file. */
+static df_status load_clip(df_pipeline *p, df_clip **out)
+{
+    if (!p->sf) {
+        char *dir = join(p->dir, "text_encoder");
+        df_status st = dir ? df_clip_load(dir, p->comp_variant[0], out)
+                           : df_fail(DF_ERR_NOMEM, "out of memory");
+        free(dir);
+        return st;
+    }
+    df_weights *w;
+    df_status st = df_single_file_weights(p->sf->file, DF_SF_TEXT, &w);
+    if (st == DF_OK)
+        st = df_clip_load_json(p->sf->config[DF_SF_TEXT], p->sf->label[DF_SF_TEXT], w, out);
+    return st ? sf_context(p, DF_SF_TEXT, st) : DF_OK;
+}
+
+static df_status load_unet_model(df_pipeline *p, df_unet **out)
+{
+    if (!p->sf) {
+        char *dir = join(p->dir, "unet");
+        df_status st = dir ? df_unet_load(dir, p->comp_variant[1], out)
+                           : df_fail(DF_ERR_NOMEM, "out of memory");
+        free(dir);
+        return st;
+    }
+    df_weights *w;
+    df_status st = df_single_file_weights(p->sf->file, DF_SF_UNET, &w);
+    if (st == DF_OK)
+        st = df_unet_load_json(p->sf->config[DF_SF_UNET], p->sf->label[DF_SF_UNET], w, out);
+    return st ? sf_context(p, DF_SF_UNET, st) : DF_OK;
+}
+
+static df_status load_vae(df_pipeline *p, df_vae **out)
+{
+    if (!p->sf) {
+        char *dir = join(p->dir, "vae");
+        df_status st = dir ? df_vae_load(dir, p->comp_variant[2], out)
+                           : df_fail(DF_ERR_NOMEM, "out of memory");
+        free(dir);
+        return st;
+    }
+    df_weights *w;
+    df_status st = df_single_file_weights(p->sf->file, DF_SF_VAE, &w);
+    if (st == DF_OK)
+        st = df_vae_load_json(p->sf->config[DF_SF_VAE], p->sf->label[DF_SF_VAE], w, out);
+    return st ? sf_context(p, DF_SF_VAE, st) : DF_OK;
+}
+
 df_status df_pipeline_open_model(const char *model, const df_pipeline_open_opts *opts,
                                  df_pipeline **out)
 {
@@ -175,7 +277,7 @@ df_status df_pipeline_open_model(const char *model, const df_pipeline_open_opts 
         (n >= 4 && strcmp(model + n - 4, ".pth") == 0))
         return df_fail(DF_ERR_UNSUPPORTED, "%s: pickle checkpoints can run code when loaded, so "
                        "they are not read; convert it to .safetensors first", model);
-    return df_fail(DF_ERR_UNSUPPORTED, "%s: single-file checkpoints are not supported yet", model);
+    return open_single_file(model, opts, out);
 }
 
 static void unload(df_pipeline *p)
@@ -198,9 +300,17 @@ void df_pipeline_free(df_pipeline *p)
     free(p->loras);
     df_tokenizer_free(p->tok);
     json_decref(p->sched_config);
+    if (p->sf)
+        df_sf_model_free(p->sf);
+    free(p->sf);
     free(p->dir);
     free(p->variant);
     free(p);
+}
+
+const json_t *df_pipeline_scheduler_config(const df_pipeline *p)
+{
+    return p->sched_config;
 }
 
 const char *df_pipeline_notes(const df_pipeline *p)
@@ -227,12 +337,19 @@ df_status df_pipeline_add_lora(df_pipeline *p, const char *path, float scale,
     /* Check against freshly opened weight tables (nothing copied or merged):
      * the report and any shape error come now, before a model is loaded. */
     df_weights *uw = NULL, *tw = NULL;
-    char *ud = join(p->dir, "unet"), *td = join(p->dir, "text_encoder");
-    df_status st = df_weights_open_dir(ud, p->comp_variant[1], &uw);
-    if (st == DF_OK)
-        st = df_weights_open_dir(td, p->comp_variant[0], &tw);
-    free(ud);
-    free(td);
+    df_status st;
+    if (p->sf) {   /* the single file's views: nothing is read or copied */
+        st = df_single_file_weights(p->sf->file, DF_SF_UNET, &uw);
+        if (st == DF_OK)
+            st = df_single_file_weights(p->sf->file, DF_SF_TEXT, &tw);
+    } else {
+        char *ud = join(p->dir, "unet"), *td = join(p->dir, "text_encoder");
+        st = df_weights_open_dir(ud, p->comp_variant[1], &uw);
+        if (st == DF_OK)
+            st = df_weights_open_dir(td, p->comp_variant[0], &tw);
+        free(ud);
+        free(td);
+    }
     if (st == DF_OK)
         st = df_lora_check(path, uw, tw, rep);
     df_weights_free(uw);
@@ -329,9 +446,7 @@ static df_status encode_prompts(df_pipeline *p, const df_pipeline_params *pp,
                                  &out->prompt_tokens);
     out->max_tokens = L;
     if (st == DF_OK && !p->clip) {
-        char *dir = join(p->dir, "text_encoder");
-        st = df_clip_load(dir, p->comp_variant[0], &p->clip);
-        free(dir);
+        st = load_clip(p, &p->clip);
         if (st == DF_OK)
             st = merge_loras(p, NULL, df_clip_weights(p->clip));
         if (st == DF_OK)
@@ -366,9 +481,7 @@ static df_status load_unet(df_pipeline *p)
 {
     if (p->unet)
         return DF_OK;
-    char *dir = join(p->dir, "unet");
-    df_status st = df_unet_load(dir, p->comp_variant[1], &p->unet);
-    free(dir);
+    df_status st = load_unet_model(p, &p->unet);
     if (st == DF_OK)
         st = merge_loras(p, df_unet_weights(p->unet), NULL);
     if (st != DF_OK) {
@@ -475,9 +588,7 @@ static df_status decode(df_pipeline *p, df_pipeline_output *o)
 {
     df_status st = DF_OK;
     if (!p->vae) {
-        char *dir = join(p->dir, "vae");
-        st = df_vae_load(dir, p->comp_variant[2], &p->vae);
-        free(dir);
+        st = load_vae(p, &p->vae);
         if (st == DF_OK && df_vae_latent_channels(p->vae) != o->C) {
             st = df_fail(DF_ERR_SHAPE, "%s/vae/config.json: latent_channels %d, the UNet makes %d",
                          p->dir, df_vae_latent_channels(p->vae), o->C);

@@ -21,6 +21,7 @@
 #ifndef DF_PIPELINE_H
 #define DF_PIPELINE_H
 
+#include <jansson.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -49,6 +50,11 @@ typedef struct {
 df_status df_pipeline_open_model(const char *model, const df_pipeline_open_opts *opts,
                                  df_pipeline **out);
 void df_pipeline_free(df_pipeline *p);
+
+/* The scheduler_config.json the model runs with by default (for a single
+ * file: the built-in or --config one, prediction_type as decided). Owned
+ * by p. For naming the scheduler a run used without the model folder. */
+const json_t *df_pipeline_scheduler_config(const df_pipeline *p);
 
 /* Notes on how the folder was read, one per line (a component without the
  * requested variant's weights falls back to its full-precision file, as

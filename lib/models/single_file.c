@@ -588,6 +588,11 @@ size_t df_single_file_component_count(const df_single_file *sf, df_sf_component 
     return (unsigned)c < DF_SF_COMPONENTS ? sf->per_comp[c] : 0;
 }
 
+const df_safetensors *df_single_file_file(const df_single_file *sf)
+{
+    return sf->st;
+}
+
 size_t df_single_file_tensors(const df_single_file *sf)
 {
     return df_st_count(sf->st);

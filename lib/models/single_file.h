@@ -91,6 +91,8 @@ df_status df_single_file_weights(df_single_file *sf, df_sf_component c, df_weigh
 size_t df_single_file_count(const df_single_file *sf, df_sf_kind kind);
 size_t df_single_file_component_count(const df_single_file *sf, df_sf_component c);
 size_t df_single_file_tensors(const df_single_file *sf);
+/* The file itself (names as stored). */
+const df_safetensors *df_single_file_file(const df_single_file *sf);
 /* The i-th unknown tensor name (i < count(DF_SF_UNKNOWN)). */
 const char *df_single_file_unknown(const df_single_file *sf, size_t i);
 
