@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "gen_params.h"
+#include "jsonl.h"
 #include "log.h"
 #include "lora.h"
 #include "memory.h"
@@ -173,6 +174,17 @@ static void open_model(const char **loras, int nl)
         b--;
     snprintf(g_cfg.model_name, sizeof g_cfg.model_name, "%.*s", (int)(e - b), b);
     df_pipeline_default_size(g_cfg.pipe, &g_cfg.width, &g_cfg.height);
+    /* in_channels 9: stable-diffusion-2-inpainting's UNet (latents, mask,
+     * masked-image latents), which the page offers for masks only. */
+    char *cfg = NULL;
+    json_t *uc = NULL;
+    long long in_ch = 0;
+    if (asprintf(&cfg, "%s/unet/config.json", g_cfg.config_dir ? g_cfg.config_dir : g_cfg.model) >= 0
+        && access(cfg, R_OK) == 0 && df_json_load_file(cfg, &uc) == DF_OK)
+        df_rec_int(uc, "in_channels", &in_ch);
+    g_cfg.inpaint_unet = in_ch == 9;
+    json_decref(uc);
+    free(cfg);
     g_cfg.size_multiple = df_pipeline_size_multiple(g_cfg.pipe);
 }
 

@@ -129,7 +129,9 @@ KEY = "k3y-s3cret-%d" % os.getpid()
 s = Server("--api-key-env", "DF_TEST_KEY", env={"DF_TEST_KEY": KEY})
 for h in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Bearer " + KEY + "x"},
           {"Authorization": "Basic " + KEY}):
-    for path in ("/", "/api/info", "/health", "/sdapi/v1/progress"):
+    st, hd, r = s.req("GET", "/", headers=h)
+    check(st == 200 and b"<html" in r.lower(), "GET / (the page, which asks for the key) with %s: %d" % (h, st))
+    for path in ("/api/info", "/health", "/sdapi/v1/progress", "/api/gallery", "/images/00000-1.png"):
         st, hd, r = s.req("GET", path, headers=h)
         check(st == 401 and "bearer" in hd.get("www-authenticate", "").lower(),
               "GET %s with %s: %d" % (path, h, st))

@@ -191,18 +191,48 @@ check(st == 200 and st2 == 200 and r2.get("images") == [] and time.time() - t0 <
 st, h, r = s.json("POST", "/api/jobs", {"prompt": "after", "width": 64, "height": 64, "steps": 2})
 check(st == 202 and s.wait_job(r["id"]).get("state") == "done", "a job after cancels")
 
-# --- img2img through A1111 (a clean error while the pipeline lacks it)
-buf = io.BytesIO()
-Image.new("RGB", (64, 64), (200, 120, 40)).save(buf, "PNG")
-init = base64.b64encode(buf.getvalue()).decode()
-st, h, r = s.json("POST", "/sdapi/v1/img2img", {"prompt": "x", "init_images": [init], "width": 64,
-                                                "height": 64, "steps": 4, "seed": 2,
+# --- img2img (A1111) and inpainting (page API) equal df-sample's; a clean
+# 501 error while the pipeline lacks them
+def gradient(w, h):
+    im = Image.new("RGB", (w, h))
+    im.putdata([(x * 255 // w, y * 255 // h, (x + y) * 127 // (w + h)) for y in range(h) for x in range(w)])
+    return im
+gradient(84, 70).save("init.png")
+mask = Image.new("RGB", (84, 70), (0, 0, 0))
+mask.paste((255, 255, 255), (20, 10, 60, 50))
+mask.save("mask.png")
+enc = lambda f: base64.b64encode(open(f, "rb").read()).decode()
+st, h, r = s.json("POST", "/sdapi/v1/img2img", {"prompt": "x", "init_images": [enc("init.png")],
+                                                "width": 64, "height": 64, "steps": 4, "seed": 2,
                                                 "denoising_strength": 0.5, "sampler_name": "DDIM"})
 if st == 501:
     check("not implemented" in r.get("error", ""), "img2img error: %s" % r)
     print("test-df-serve: img2img: the pipeline answers 'not implemented' (501)", flush=True)
-else:
-    check(st == 200 and len(r.get("images", [])) == 1, "img2img: %s %s" % (st, str(r)[:300]))
+elif check(st == 200 and len(r.get("images", [])) == 1, "img2img: %s %s" % (st, str(r)[:300])):
+    ref = df_sample("i2i", "-p", "x", "--init-image", "init.png", "--strength", "0.5", "--steps", "4",
+                    "--seed", "2", "--scheduler", "ddim", "--guidance", "7", "--width", "64",
+                    "--height", "64")
+    if ref:
+        same_pixels("a1111 img2img", b64png(r["images"][0]), ref[0])
+    check("Denoising strength: 0.5" in pixels(b64png(r["images"][0]))[3].get("parameters", ""),
+          "img2img: no Denoising strength in the PNG text")
+    # page API: img2img at the image's own size (84x70 -> 80x64), and inpainting
+    st, h, r = s.json("POST", "/api/jobs", {"prompt": "y", "init_image": "data:image/png;base64," + enc("init.png"),
+                                            "steps": 5, "seed": 4})
+    j = s.wait_job(r.get("id", "none"))
+    ref = df_sample("i2i-page", "-p", "y", "--init-image", "init.png", "--steps", "5", "--seed", "4",
+                    "--guidance", "7.5")
+    if check(j.get("state") == "done" and j["images"][0]["width"] == 80 and j["images"][0]["height"] == 64,
+             "page img2img: %s" % j) and ref:
+        same_pixels("page img2img", s.req("GET", j["images"][0]["url"])[2], ref[0])
+    st, h, r = s.json("POST", "/api/jobs", {"prompt": "z", "init_image": enc("init.png"), "mask": enc("mask.png"),
+                                            "steps": 4, "seed": 6, "width": 64, "height": 64})
+    j = s.wait_job(r.get("id", "none"))
+    ref = df_sample("inpaint", "-p", "z", "--init-image", "init.png", "--mask", "mask.png", "--steps", "4",
+                    "--seed", "6", "--width", "64", "--height", "64", "--guidance", "7.5")
+    if check(j.get("state") == "done" and j.get("params", {}).get("inpaint") is True,
+             "page inpainting: %s" % j) and ref:
+        same_pixels("page inpainting", s.req("GET", j["images"][0]["url"])[2], ref[0])
 
 # --- SIGTERM mid-job: the job is cancelled after --grace, exit 0
 rc = s.stop()
@@ -218,7 +248,7 @@ check("stopped" in open(s.err_path).read(), "SIGTERM: no 'stopped' line")
 # --- the gallery survives a restart
 s = Server()
 st, h, g = s.json("GET", "/api/gallery")
-check(st == 200 and len(g.get("images", [])) >= 14, "gallery after restart: %d images"
+check(st == 200 and len(g.get("images", [])) >= 18, "gallery after restart: %d images"
       % len(g.get("images", [])))
 if g.get("images"):
     st, h, png = s.req("GET", g["images"][0]["url"])

@@ -35,6 +35,7 @@ typedef struct {
     char model_name[256];          /* basename of --model */
     char default_sched[64];        /* short name of the model's own scheduler */
     int width, height, size_multiple;  /* the model's default size */
+    bool inpaint_unet;             /* a 9-channel inpainting UNet */
     int n_loras;
     char *lora_path[SERVE_MAX_LORAS];
     char lora_name[SERVE_MAX_LORAS][256];
@@ -184,6 +185,9 @@ bool req_scheduler(serve_params *p, const char *name, const char *field, char **
  * limit before decoding, then brought to w x h. rgb (w*h*3) or gray (w*h). */
 bool req_image(const char *field, const char *b64, int w, int h, bool gray, uint8_t **out,
                char **err);
+/* img2img's default size for an image (its own, rounded down to multiples
+ * of the model's), from its header. */
+bool req_image_size(const char *field, const char *b64, int *w, int *h, char **err);
 /* LoRA scales: array of numbers, one per --lora. */
 bool req_lora_scales(json_t *o, const char *key, float *scales, char **err);
 char *req_base64(const uint8_t *buf, size_t n);

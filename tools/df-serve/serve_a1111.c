@@ -212,8 +212,9 @@ static bool params(json_t *o, bool img2img, serve_params *p, bool *send, char **
     if (!json_is_array(imgs) || json_array_size(imgs) != 1 ||
         !json_is_string(json_array_get(imgs, 0)))
         return *err = req_errf("init_images must be an array of one base64 image"), false;
-    if (strength <= 0)
-        return *err = req_errf("denoising_strength must be over 0"), false;
+    if ((int)(steps * strength) < 1)
+        return *err = req_errf("denoising_strength %g with %lld steps runs no step "
+                               "(int(steps x strength) must be at least 1)", strength, steps), false;
     if (!req_image("init_images[0]", json_string_value(json_array_get(imgs, 0)), p->width,
                    p->height, false, &p->init_rgb, err))
         return false;

@@ -164,7 +164,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         snprintf(q->method, sizeof q->method, "%s", method);
         /* A URL is logged: keep it short. */
         q->url = strndup(url, 256);
-        if (g_cfg.api_key && !key_ok(c)) {
+        /* The page itself holds nothing secret, and must load to ask for
+         * the key; everything else needs it. */
+        bool page = !strcmp(method, "GET") && (!strcmp(url, "/") || !strcmp(url, "/index.html"));
+        if (g_cfg.api_key && !page && !key_ok(c)) {
             q->denied = true;
             reply_error(&q->reply, 401, "a valid 'Authorization: Bearer KEY' header is required");
             return send_reply(c, q);

@@ -50,7 +50,7 @@ static void info(serve_reply *r)
     }
     json_object_set_new(o, "loras", l);
     /* A UNet with more than the latent channels' inputs is an inpainting one. */
-    json_object_set_new(o, "inpaint_unet", json_boolean(false));
+    json_object_set_new(o, "inpaint_unet", json_boolean(g_cfg.inpaint_unet));
     reply_json(r, 200, o);
 }
 
@@ -76,7 +76,7 @@ static bool page_params(json_t *o, serve_params *p, char **err)
             return *err = req_errf("unknown field '%s'", k), false;
     const char *prompt = NULL, *neg = NULL, *sched = NULL, *init = NULL, *mask = NULL;
     long long steps = 20, w = g_cfg.width, h = g_cfg.height, batch = 1;
-    double g = 7.5, strength = 0.75;
+    double g = 7.5, strength = NAN;
     if (!req_prompt(o, "prompt", &prompt, err) || !req_prompt(o, "negative_prompt", &neg, err) ||
         !req_get_str(o, "scheduler", 64, &sched, err) ||
         !req_get_int(o, "steps", 1, g_cfg.max_steps, &steps, err) ||
@@ -90,12 +90,27 @@ static bool page_params(json_t *o, serve_params *p, char **err)
         return false;
     if (!prompt)
         return *err = req_errf("prompt is required"), false;
+    /* As df-sample: img2img without a size keeps the image's own (rounded
+     * down to multiples of 8), inpainting takes the model's; strength 0.8
+     * for img2img and 1 for inpainting unless given. */
+    if (init && !mask && !json_object_get(o, "width") && !json_object_get(o, "height")) {
+        int iw, ih;
+        if (!req_image_size("init_image", init, &iw, &ih, err))
+            return false;
+        w = iw;
+        h = ih;
+    }
+    if (isnan(strength))
+        strength = mask ? 1.0 : 0.8;
+    if (!init && json_object_get(o, "strength") && !json_is_null(json_object_get(o, "strength")))
+        return *err = req_errf("strength needs an init_image"), false;
     if (!req_check_size(w, h, "width x height", err) || !req_scheduler(p, sched, "scheduler", err))
         return false;
     if (mask && !init)
         return *err = req_errf("mask needs an init_image"), false;
-    if (init && strength <= 0)
-        return *err = req_errf("strength must be over 0"), false;
+    if (init && (int)(steps * strength) < 1)
+        return *err = req_errf("strength %g with %lld steps runs no step (int(steps x strength) "
+                               "must be at least 1)", strength, steps), false;
     p->prompt = strdup(prompt);
     p->negative = strdup(neg ? neg : "");
     p->steps = (int)steps;

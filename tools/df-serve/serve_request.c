@@ -16,6 +16,7 @@
 
 #include <openssl/evp.h>
 
+#include "edit_image.h"
 #include "image.h"
 #include "scheduler.h"
 #include "serve.h"
@@ -261,12 +262,6 @@ uint8_t *req_unbase64(const char *s, size_t len, size_t *n)
     return out;
 }
 
-/* Luma as PIL's convert("L") computes it (ITU-R 601-2, rounded). */
-static uint8_t luma(const uint8_t *p)
-{
-    return (uint8_t)((p[0] * 19595u + p[1] * 38470u + p[2] * 7471u + 0x8000u) >> 16);
-}
-
 bool req_image(const char *field, const char *b64, int w, int h, bool gray, uint8_t **out,
                char **err)
 {
@@ -311,31 +306,41 @@ bool req_image(const char *field, const char *b64, int w, int h, bool gray, uint
         *err = req_errf("%s: cannot decode: %s", field, df_last_error());
         return false;
     }
-    /* A1111's default resize mode ("just resize"): the image is stretched
-     * to the output size. */
-    if (img.w != w || img.h != h) {
-        st = df_image_resize(&img, w, h, &sized);
-        df_image_free(&img);
-        if (st != DF_OK) {
-            *err = req_errf("%s: cannot resize to %dx%d: %s", field, w, h, df_last_error());
-            return false;
-        }
-        img = sized;
+    /* As df-sample and diffusers' image processor (and A1111's default
+     * "just resize"): the whole image stretched to the output size; a mask
+     * resized as RGB, then made gray. */
+    if (gray)
+        st = df_edit_fit_mask(&img, w, h, out);
+    else if ((st = df_edit_fit_image(&img, w, h, &sized)) == DF_OK)
+        *out = sized.px;
+    df_image_free(&img);
+    if (st != DF_OK) {
+        *err = req_errf("%s: cannot bring to %dx%d: %s", field, w, h, df_last_error());
+        return false;
     }
-    if (gray) {
-        size_t np = (size_t)w * h;
-        uint8_t *g = malloc(np);
-        if (!g) {
-            df_image_free(&img);
-            *err = req_errf("out of memory");
-            return false;
-        }
-        for (size_t i = 0; i < np; i++)
-            g[i] = luma(img.px + 3 * i);
-        df_image_free(&img);
-        *out = g;
-    } else {
-        *out = img.px;
+    return true;
+}
+
+bool req_image_size(const char *field, const char *b64, int *w, int *h, char **err)
+{
+    const char *s = b64;
+    if (!strncmp(s, "data:", 5) && strchr(s, ','))
+        s = strchr(s, ',') + 1;
+    /* Only the header is needed: decode the first few KB of base64. */
+    size_t len = strlen(s), n = 0;
+    size_t take = len < 65536 ? len : 65536;
+    take -= take % 4;
+    uint8_t *buf = req_unbase64(s, take, &n);
+    int iw, ih;
+    if (!buf || df_image_probe_mem(buf, n, NULL, &iw, &ih) != DF_OK) {
+        free(buf);
+        *err = req_errf("%s: not a PNG or JPEG image", field);
+        return false;
+    }
+    free(buf);
+    if (df_edit_default_size(iw, ih, g_cfg.size_multiple, w, h) != DF_OK) {
+        *err = req_errf("%s: %dx%d is too small", field, iw, ih);
+        return false;
     }
     return true;
 }
