@@ -360,10 +360,51 @@ def main_checks(p, args, info):
         check(not p.results(), "no image from the cancelled job")
         check(not p.el("cancel").is_enabled() and p.el("generate").is_enabled(), "buttons back after Cancel")
 
-    # 7. img2img and inpainting through the panel
+    # 7. a queue of one (the server runs with --queue 1)
+    queue_checks(p, args, info, W, H)
+
+    # 8. img2img and inpainting through the panel
     edit_checks(p, args, W, H)
     p.js("window.scrollTo(0, 0)")
     p.screenshot("desktop.png")
+
+
+def job_state(args, jid):
+    code, j = http(args, "GET", "/api/jobs/" + jid)
+    return j.get("state") if code == 200 and isinstance(j, dict) else f"HTTP {code}"
+
+
+def queue_checks(p, args, info, W, H):
+    """With --queue 1: a job straight to the API runs, a second one waits; the
+    page's Generate then gets 503 and says so; with room, its job is shown
+    queued until the running one ends."""
+    side = 256 if 256 * 256 <= int(info.get("max_pixels", 1 << 30)) else 128
+    long = {"prompt": "blocker", "steps": min(int(info.get("max_steps", 50)), 50), "seed": 1,
+            "width": side, "height": side}
+    code, a = http(args, "POST", "/api/jobs", long)
+    if not check(code == 202, f"a long job through the API: {code} {a}"):
+        return
+    deadline = time.time() + 60
+    while job_state(args, a["id"]) == "queued" and time.time() < deadline:
+        time.sleep(0.05)
+    code, b = http(args, "POST", "/api/jobs", long)
+    check(code == 202, f"a second one waits: {code} {b}")
+    fill_basic(p, "queued behind another job", 8, 2, W, H)
+    st = p.generate()
+    check(st.startswith("not started") and "retry in" in p.error(),
+          f"queue full: the page shows the 503 and its Retry-After: {p.error()!r}")
+    if isinstance(b, dict) and "id" in b:
+        http(args, "POST", f"/api/jobs/{b['id']}/cancel")
+    p.el("generate").click()
+    q = p.wait(lambda: p.status() if p.status().startswith("queued") else None, "the page's job shows queued", 30)
+    if q:
+        check(q == "queued, next in line", f"queued text: {q!r}")
+        check(p.js("return !document.getElementById('progress').hasAttribute('value')"),
+              "the progress bar is indeterminate while queued")
+    http(args, "POST", f"/api/jobs/{a['id']}/cancel")
+    p.wait(lambda: re.match(r"(done|failed|cancelled)", p.status()), "the queued job ran after the other", 120)
+    check(p.status().startswith("done"), f"then it ran: {p.status()!r}")
+    check(len(p.wait_images(1) or []) == 1, "and its image is shown")
 
 
 def edit_checks(p, args, W, H):
