@@ -382,11 +382,29 @@ df_status df_st_open(const char *path, df_safetensors **out)
     return DF_OK;
 }
 
+/* A view's tensors are one component of a larger file (the UNet of a
+ * single-file checkpoint): when the component goes, its pages should leave
+ * the process's memory as a folder's unmapped file would. The mapping is
+ * private and read-only, so dropping pages loses nothing: another view of
+ * the same bytes faults them in again from the file. */
+static void release_view_pages(const df_safetensors *v)
+{
+    long pg = sysconf(_SC_PAGESIZE);
+    for (size_t i = 0; pg > 0 && i < v->count; i++) {
+        uintptr_t b = (uintptr_t)v->tensors[i].data, e = b + v->tensors[i].nbytes;
+        uintptr_t lo = (b + (uintptr_t)pg - 1) & ~((uintptr_t)pg - 1), hi = e & ~((uintptr_t)pg - 1);
+        if (hi > lo)
+            madvise((void *)lo, hi - lo, MADV_DONTNEED);
+    }
+}
+
 void df_st_close(df_safetensors *st)
 {
     /* Views of a file keep it open: the last close unmaps. */
     if (!st || __atomic_sub_fetch(&st->refs, 1, __ATOMIC_ACQ_REL) > 0)
         return;
+    if (st->base)
+        release_view_pages(st);
     df_st_close(st->base);
     if (st->map)
         munmap(st->map, st->map_size);
