@@ -418,6 +418,7 @@ def edit_checks(p, args, W, H):
     check(p.el("width").get_attribute("value") == str(W) and p.el("height").get_attribute("value") == str(H),
           "width and height follow the start image")
     check("image to image" in p.el("edit-mode").text.lower(), f"mode img2img: {p.el('edit-mode').text!r}")
+    check(p.el("strength").get_attribute("value") == "0.8", "img2img strength defaults to 0.8 (df-sample's)")
     labels_ok(p)
     hook_requests(p)
     fill_basic(p, "img2img from the page", 42, 4, W, H)
@@ -437,6 +438,7 @@ def edit_checks(p, args, W, H):
 
     draw_mask_mouse(p)
     check("inpainting" in p.el("edit-mode").text.lower(), f"painting switches to inpainting: {p.el('edit-mode').text!r}")
+    check(p.el("strength").get_attribute("value") == "0.5", "a strength the user set stays for inpainting")
     st = p.generate()
     body = json.loads(p.js("return window.__dfLastBody"))
     ms = mask_stats(p, body.get("mask", "")) if body.get("mask") else None
@@ -494,6 +496,7 @@ def phone_checks(p, args):
         let n = 0; for (let i = 3; i < d.length; i += 4) n += d[i] > 0; return [n, c.width * c.height];""")
     check(0 < painted[0] < painted[1], f"a touch stroke paints the mask: {painted[0]} of {painted[1]} pixels")
     check("inpainting" in p.el("edit-mode").text.lower(), "touch painting switches to inpainting")
+    check(p.el("strength").get_attribute("value") == "1", "inpainting strength defaults to 1 (df-sample's)")
     after = p.js("return document.documentElement.scrollWidth")
     check(after <= 390, f"the mask editor fits 390 px ({after})")
     p.screenshot("phone-mask.png")
