@@ -8,6 +8,10 @@
 # Sources are found by wildcard, so a new lib/<layer>/*.c, tools/df-*.c,
 # tests/unit/test_*.c or tests/tools/test-*.sh needs no edit here.
 
+# `all` is the goal of a plain `make` even though rules (clip_bpe.o's
+# prerequisite) come before it.
+.DEFAULT_GOAL := all
+
 CC      ?= gcc
 PREFIX  ?= /usr/local
 FIXTURES ?= ../shared/fixtures
@@ -28,8 +32,13 @@ ifeq ($(SAN),1)
 else
   BUILD   := build
 endif
-# bin/ stays for the normal build; the sanitized build keeps its own copy.
-BIN := $(if $(filter 1,$(SAN)),$(BUILD)/bin,bin)
+# The CUDA build (CUDA=1) compiles everything again with -DDF_CUDA=1 into
+# its own tree (build-cuda, build-san-cuda), so it never disturbs the CPU one.
+ifeq ($(CUDA),1)
+  BUILD   := $(BUILD)-cuda
+endif
+# bin/ stays for the normal build; the sanitized and CUDA builds keep their own copy.
+BIN := $(if $(filter 1,$(SAN) $(CUDA)),$(BUILD)/bin,bin)
 
 # Per-file flags: CFLAGS_<basename>. The resampler's inner loops run over
 # independent samples, so -O3's loop vectorizer speeds them up without
@@ -47,12 +56,22 @@ CFLAGS_scheduler_dpm := -ffp-contract=off
 
 LIB_SRC  := $(wildcard lib/*/*.c)
 LIB_OBJ  := $(patsubst lib/%.c,$(BUILD)/lib/%.o,$(LIB_SRC))
+# CUDA=1: kernels/*.cu (the CUDA op layer, lib/ops/ops_cuda.h) with nvcc,
+# warnings as errors. CUDA_ARCH: native code for A100 (sm_80) and H100
+# (sm_90) plus sm_90 PTX, which newer GPUs compile at load time.
+CUDA_HOME ?= /usr/local/cuda
+NVCC      ?= $(CUDA_HOME)/bin/nvcc
+CUDA_ARCH ?= -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 \
+             -gencode arch=compute_90,code=compute_90
+NVCCFLAGS ?= -O2 -g
+NVCCFLAGS += -std=c++17 $(CUDA_ARCH) -DDF_CUDA=1 -Werror all-warnings \
+             -Xcompiler -Wall,-Wextra,-Werror
 ifeq ($(CUDA),1)
-  NVCC      ?= nvcc
   CU_SRC    := $(wildcard kernels/*.cu)
   LIB_OBJ   += $(patsubst kernels/%.cu,$(BUILD)/kernels/%.o,$(CU_SRC))
   CFLAGS    += -DDF_CUDA=1
-  LDLIBS    += -lcudart -lcublas -lcudnn -lstdc++
+  LDLIBS    += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 \
+               -lcudnn -lcublas -lcudart -lstdc++
 endif
 LIBDF    := $(BUILD)/libdf.a
 # The built-in CLIP BPE is embedded with .incbin (lib/models/clip_bpe.c).
@@ -60,9 +79,11 @@ $(BUILD)/lib/models/clip_bpe.o: lib/models/clip_merges.txt.gz
 
 TOOLS    := $(patsubst tools/%.c,$(BIN)/%,$(wildcard tools/df-*.c))
 HELPERS  := $(patsubst tools/%.c,$(BUILD)/tools/%,$(filter-out tools/df-%,$(wildcard tools/*.c)))
-UNIT     := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(wildcard tests/unit/test_*.c))
+# tests/unit/test_cuda_*.c need the CUDA build (they skip, exit 77, without a GPU).
+UNIT_SRC := $(filter-out $(if $(filter 1,$(CUDA)),,tests/unit/test_cuda_%),$(wildcard tests/unit/test_*.c))
+UNIT     := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRC))
 CHECKFX_SRC := $(wildcard tests/check_fixtures/*.c)
-CHECKFX  := $(if $(filter 1,$(SAN)),$(BUILD)/tests/check-fixtures,tests/check-fixtures)
+CHECKFX  := $(if $(filter 1,$(SAN) $(CUDA)),$(BUILD)/tests/check-fixtures,tests/check-fixtures)
 
 .PHONY: all test bench deps install clean demo fuzz
 all: $(LIBDF) $(TOOLS) $(HELPERS) $(UNIT) $(CHECKFX)
@@ -73,7 +94,7 @@ $(BUILD)/lib/%.o: lib/%.c $(LIB_HDR)
 
 $(BUILD)/kernels/%.o: kernels/%.cu $(LIB_HDR) $(wildcard kernels/*.h)
 	@mkdir -p $(dir $@)
-	$(NVCC) -O2 $(addprefix -I,$(LIB_DIRS)) -Ikernels -c -o $@ $<
+	$(NVCC) $(NVCCFLAGS) $(addprefix -I,$(LIB_DIRS)) -Ikernels -c -o $@ $<
 
 $(LIBDF): $(LIB_OBJ)
 	@mkdir -p $(dir $@)
@@ -133,4 +154,4 @@ install: all
 	install -m 644 $(wildcard man/*.7) $(DESTDIR)$(PREFIX)/share/man/man7
 
 clean:
-	rm -rf build build-san bin tests/check-fixtures
+	rm -rf build build-san build-cuda build-san-cuda bin tests/check-fixtures

@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # Runs every test: unit binaries ($DF_BUILD/tests/test_*), tool tests
 # (tests/tools/test-*.sh) and the fixture checker. Each is one test; the
-# last line is "N passed, N failed" and the exit status is non-zero if any
-# failed. Set DF_TEST_FILTER=regex to run a subset.
+# last line is "N passed, N failed, N skipped" and the exit status is
+# non-zero if any failed. A test that exits 77 (the GPU tests on a machine
+# without one: "skipped: no GPU") is skipped, neither passed nor failed.
+# The CUDA tests (test_cuda_*) of the CUDA build ($DF_CUDA_BUILD, default
+# ${DF_BUILD}-cuda, from `make CUDA=1`) run too when it exists.
+# Set DF_TEST_FILTER=regex to run a subset.
 set -u
 cd "$(dirname "$0")/.."
 : "${DF_BIN:=$PWD/bin}" "${DF_BUILD:=$PWD/build}" "${DF_CHECKFX:=$PWD/tests/check-fixtures}"
@@ -11,14 +15,19 @@ export DF_BIN DF_BUILD DF_CHECKFX DF_FIXTURES
 export PATH="$DF_BIN:$PATH"
 filter=${DF_TEST_FILTER:-.}
 logdir=$(mktemp -d)
-passed=0 failed=0 failures=()
+passed=0 failed=0 skipped=0 failures=()
 
 run_one() {   # name, command...
     local name=$1; shift
     [[ $name =~ $filter ]] || return 0
     local t0=$SECONDS
-    if "$@" >"$logdir/${name//\//_}.log" 2>&1; then
+    local rc=0
+    "$@" >"$logdir/${name//\//_}.log" 2>&1 || rc=$?
+    if [ "$rc" -eq 0 ]; then
         passed=$((passed + 1)); echo "PASS $name ($((SECONDS - t0))s)"
+    elif [ "$rc" -eq 77 ]; then
+        skipped=$((skipped + 1))
+        echo "SKIP $name: $(grep -m1 '^skipped' "$logdir/${name//\//_}.log" || echo "exit 77")"
     else
         failed=$((failed + 1)); failures+=("$name"); echo "FAIL $name ($((SECONDS - t0))s)"
         tail -n 40 "$logdir/${name//\//_}.log" | sed 's/^/    /'
@@ -27,6 +36,10 @@ run_one() {   # name, command...
 
 for t in "$DF_BUILD"/tests/test_*; do
     [ -x "$t" ] && run_one "unit/$(basename "$t")" "$t"
+done
+: "${DF_CUDA_BUILD:=${DF_BUILD}-cuda}"
+for t in "$DF_CUDA_BUILD"/tests/test_cuda_*; do
+    [ -x "$t" ] && run_one "unit-cuda/$(basename "$t")" "$t"
 done
 for t in tests/tools/test-*.sh; do
     [ -f "$t" ] && run_one "tools/$(basename "$t" .sh)" bash "$t"
@@ -57,5 +70,5 @@ else
 fi
 rm -rf "$logdir"
 [ ${#failures[@]} -gt 0 ] && echo "failed: ${failures[*]}"
-echo "$passed passed, $failed failed"
+echo "$passed passed, $failed failed, $skipped skipped"
 [ "$failed" -eq 0 ]
