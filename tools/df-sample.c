@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include "gen_params.h"
+#include "edit_image.h"
 #include "image.h"
 #include "jsonl.h"
 #include "log.h"
@@ -37,6 +38,7 @@ static const char usage_text[] =
     "                 [--width W] [--height H] [--batch N] [--out DIR] [-t THREADS]\n"
     "                 [--latents FILE] [--save-latents FILE] [--variant fp16]\n"
     "                 [--config DIR] [--prediction v|epsilon]\n"
+    "                 [--init-image FILE [--mask FILE] [--strength S]]\n"
     "                 [--keep-models] [--strict] [--quiet|--progress]\n"
     "Generates images from text with a Stable Diffusion 2.x diffusers folder.\n"
     "Without -p, reads prompt records (JSON Lines) on stdin. Writes PNGs under --out\n"
@@ -63,6 +65,11 @@ static const char usage_text[] =
     "  -t, --threads N        compute threads (default: all cores)\n"
     "  --latents FILE         initial latents: safetensors with one F32 [N,4,h,w] tensor\n"
     "  --save-latents FILE    write the final latents (before the VAE) as safetensors\n"
+    "  --init-image FILE      img2img: start from this image (JPEG/PNG), resized to the\n"
+    "                         output size (default: its own, rounded down to 8)\n"
+    "  --mask FILE            inpainting: white (>= 128 gray) is repainted, black kept;\n"
+    "                         same size as the init image (output: the model's size)\n"
+    "  --strength S           share of the schedule run, 0 < S <= 1 (0.8; 1 with --mask)\n"
     "  --keep-models          keep models loaded between prompts (faster, more memory)\n"
     "  --strict               exit 1 if any prompt failed\n"
     "  --quiet, --progress    no progress / progress even when stderr is not a terminal\n"
@@ -72,6 +79,8 @@ typedef struct {
     const char *model, *variant, *prompt, *negative, *scheduler, *out_dir;
     const char *config_dir, *prediction;   /* single-file models */
     const char *latents_file, *save_latents;
+    const char *init_image, *mask;   /* img2img / inpainting inputs (records may override) */
+    float strength;                  /* 0: not given (0.8 for img2img, 1 for inpainting) */
     int steps, width, height, batch, threads;
     float guidance;
     unsigned long long seed;
@@ -144,8 +153,30 @@ static unsigned long long random_seed(void)
     return s & 0xffffffffffffULL;   /* keep it readable */
 }
 
+/* The strength a job uses: the record's, --strength, or diffusers' default
+ * (0.8 for img2img, 1 for inpainting). */
+static float strength_of(const options *o, const json_t *rec)
+{
+    double d;
+    if (rec && df_rec_num(rec, "strength", &d))
+        return (float)d;
+    if (o->strength != 0.0f)
+        return o->strength;
+    int inpaint = o->mask || (rec && df_rec_str(rec, "mask"));
+    return inpaint ? 1.0f : 0.8f;
+}
+
+/* diffusers' int(steps * strength), strength read as the decimal given. */
+static int init_steps(int steps, float strength)
+{
+    char buf[32];
+    df_float_str(strength, buf);
+    return (int)(steps * strtod(buf, NULL));
+}
+
 enum { O_MODEL = 256, O_VARIANT, O_LORA, O_STEPS, O_GUIDANCE, O_SCHED, O_SEED, O_WIDTH,
        O_HEIGHT, O_BATCH, O_OUT, O_LATENTS, O_SAVE, O_KEEP, O_STRICT, O_QUIET, O_PROGRESS,
+       O_INIT, O_MASK, O_STRENGTH,
        O_CONFIG, O_PREDICTION };
 
 static void parse_args(int argc, char **argv, options *o, df_pipeline **pipe)
@@ -159,6 +190,8 @@ static void parse_args(int argc, char **argv, options *o, df_pipeline **pipe)
         {"height", required_argument, 0, O_HEIGHT}, {"batch", required_argument, 0, O_BATCH},
         {"out", required_argument, 0, O_OUT}, {"threads", required_argument, 0, 't'},
         {"latents", required_argument, 0, O_LATENTS}, {"save-latents", required_argument, 0, O_SAVE},
+        {"init-image", required_argument, 0, O_INIT}, {"mask", required_argument, 0, O_MASK},
+        {"strength", required_argument, 0, O_STRENGTH},
         {"keep-models", no_argument, 0, O_KEEP}, {"strict", no_argument, 0, O_STRICT},
         {"quiet", no_argument, 0, O_QUIET}, {"progress", no_argument, 0, O_PROGRESS},
         {"config", required_argument, 0, O_CONFIG},
@@ -191,6 +224,13 @@ static void parse_args(int argc, char **argv, options *o, df_pipeline **pipe)
         case 't': o->threads = (int)parse_long("--threads", optarg, 1, 1024); break;
         case O_LATENTS: o->latents_file = optarg; break;
         case O_SAVE: o->save_latents = optarg; break;
+        case O_INIT: o->init_image = optarg; break;
+        case O_MASK: o->mask = optarg; break;
+        case O_STRENGTH:
+            o->strength = parse_float("--strength", optarg);
+            if (!(o->strength > 0.0f && o->strength <= 1.0f))
+                df_usage_error("--strength: '%s' is outside (0, 1]", optarg);
+            break;
         case O_KEEP: o->keep = 1; break;
         case O_STRICT: o->strict = 1; break;
         case O_QUIET: o->progress = DF_PROGRESS_NEVER; break;
@@ -202,6 +242,15 @@ static void parse_args(int argc, char **argv, options *o, df_pipeline **pipe)
         df_usage_error("unexpected argument '%s'", argv[optind]);
     if (!o->model)
         df_usage_error("--model DIR is required");
+    if (o->mask && !o->init_image)
+        df_usage_error("--mask needs --init-image");
+    if (o->strength != 0.0f && !o->init_image)
+        df_usage_error("--strength needs --init-image");
+    if (o->init_image && o->latents_file)
+        df_usage_error("--latents and --init-image do not go together");
+    if (o->init_image && o->prompt && init_steps(o->steps, strength_of(o, NULL)) < 1)
+        df_usage_error("--strength %g with --steps %d runs no step (int(steps * strength) = 0)",
+                       (double)strength_of(o, NULL), o->steps);
     if (o->variant && strcmp(o->variant, "fp16"))
         df_usage_error("--variant: only 'fp16' is known");
     if (o->prediction && strcmp(o->prediction, "v") && strcmp(o->prediction, "epsilon"))
@@ -428,7 +477,8 @@ static void fail_record(run_state *rs, json_t *rec, const char *fmt, const char 
  * typo'd value silently replaced by the default is the worst outcome. */
 static int check_fields(const json_t *rec, char **err)
 {
-    static const char *const strs[] = {"prompt", "negative_prompt", "scheduler"};
+    static const char *const strs[] = {"prompt", "negative_prompt", "scheduler", "init_image",
+                                       "mask"};
     static const struct { const char *key; long long lo, hi; } ints[] = {
         {"steps", 1, 1000}, {"width", 8, 8192}, {"height", 8, 8192}, {"batch", 1, 64},
         {"seed", 0, LLONG_MAX}};
@@ -447,6 +497,84 @@ static int check_fields(const json_t *rec, char **err)
     json_t *g = json_object_get(rec, "guidance");
     if (g && (!json_is_number(g) || !isfinite(json_number_value(g))))
         return asprintf(err, "\"guidance\" must be a number"), 0;
+    json_t *sv = json_object_get(rec, "strength");
+    if (sv && (!json_is_number(sv) || !(json_number_value(sv) > 0) || json_number_value(sv) > 1))
+        return asprintf(err, "\"strength\" must be a number in (0, 1]"), 0;
+    return 1;
+}
+
+/* An img2img/inpainting job's pixels, at its output size. */
+typedef struct {
+    df_image init;
+    uint8_t *mask;
+} edit_bufs;
+
+static void edit_bufs_free(edit_bufs *eb)
+{
+    df_image_free(&eb->init);
+    free(eb->mask);
+    eb->mask = NULL;
+}
+
+/* Decode the job's init image and mask (the record's, else the options'),
+ * bring them to the output size as diffusers' image processor does (lib/io/
+ * edit_image.h) and point pp at them; the record says what was used. A
+ * job without an init image is left alone. 0 with *err on failure. */
+static int edit_inputs(run_state *rs, json_t *rec, df_pipeline_params *pp, edit_bufs *eb,
+                       char **err)
+{
+    options *o = rs->o;
+    const char *ip = df_rec_str(rec, "init_image"), *mp = df_rec_str(rec, "mask");
+    ip = ip ? ip : o->init_image;
+    mp = mp ? mp : o->mask;
+    if (!ip) {
+        if (mp || json_object_get(rec, "strength"))
+            return asprintf(err, "\"mask\" and \"strength\" need an init image"), 0;
+        return 1;
+    }
+    df_image_limits lim = {DF_IMAGE_DEFAULT_MAX_PIXELS};
+    df_image src = {0}, msrc = {0};
+    if (df_image_decode_file(ip, &lim, &src) != DF_OK)
+        return asprintf(err, "init image %s: %s", ip, df_last_error()), 0;
+    if (mp && df_image_decode_file(mp, &lim, &msrc) != DF_OK) {
+        df_image_free(&src);
+        return asprintf(err, "mask %s: %s", mp, df_last_error()), 0;
+    }
+    int ok = 1;
+    if (mp && (msrc.w != src.w || msrc.h != src.h))
+        ok = (asprintf(err, "mask %s is %dx%d, the init image %s %dx%d: they must be the same size",
+                      mp, msrc.w, msrc.h, ip, src.w, src.h), 0);
+    /* img2img's default size is the image's own, rounded down to a multiple
+     * of 8 (diffusers' img2img takes no size); inpainting's the model's. */
+    int dw, dh, m = df_pipeline_size_multiple(rs->pipe);
+    if (ok && !mp) {
+        if (df_edit_default_size(src.w, src.h, m, &dw, &dh) != DF_OK)
+            ok = (asprintf(err, "init image %s: %s", ip, df_last_error()), 0);
+        if (ok && !(o->given & 1) && !json_object_get(rec, "width"))
+            pp->width = dw;
+        if (ok && !(o->given & 2) && !json_object_get(rec, "height"))
+            pp->height = dh;
+    }
+    if (ok && (pp->width % m || pp->height % m))
+        ok = (asprintf(err, "width and height must be multiples of %d (got %dx%d)", m, pp->width,
+                      pp->height), 0);
+    if (ok && df_edit_fit_image(&src, pp->width, pp->height, &eb->init) != DF_OK)
+        ok = (asprintf(err, "init image %s: %s", ip, df_last_error()), 0);
+    if (ok && mp && df_edit_fit_mask(&msrc, pp->width, pp->height, &eb->mask) != DF_OK)
+        ok = (asprintf(err, "mask %s: %s", mp, df_last_error()), 0);
+    df_image_free(&src);
+    df_image_free(&msrc);
+    if (!ok) {
+        edit_bufs_free(eb);
+        return 0;
+    }
+    pp->init_image = eb->init.px;
+    pp->mask = eb->mask;
+    pp->strength = strength_of(o, rec);
+    df_rec_set_str(rec, "init_image", ip);
+    if (mp)
+        df_rec_set_str(rec, "mask", mp);
+    df_rec_set_float(rec, "strength", pp->strength);
     return 1;
 }
 
@@ -543,7 +671,8 @@ static void write_image(run_state *rs, json_t *rec, const df_pipeline_params *pp
     df_gen_text gt = {.prompt = pp->prompt, .negative_prompt = pp->negative_prompt,
                       .lora_prompt = o->lora_prompt, .lora_hashes = o->lora_hashes,
                       .sampler = sched, .steps = pp->steps, .width = pp->width,
-                      .height = pp->height, .guidance = pp->guidance, .seed = pp->seed};
+                      .height = pp->height, .guidance = pp->guidance, .seed = pp->seed,
+                      .strength = pp->strength};
     char *a1111 = df_gen_a1111_text(&gt);
     if (!path || df_gen_png_write(path, &img, a1111, params, "diffyface df-sample") != DF_OK) {
         json_object_del(r, "file_name");
@@ -574,11 +703,19 @@ static void run_one(run_state *rs, json_t *rec)
         free(err);
         return;
     }
+    edit_bufs eb = {0};
+    if (!edit_inputs(rs, rec, &pp, &eb, &err)) {
+        fail_record(rs, rec, "%s", err ? err : "bad record");
+        free(err);
+        return;
+    }
     step_progress sp = {.mode = rs->o->progress, .label = pp.prompt};
     df_pipeline_hooks hooks = {.ctx = &sp, .on_step = on_step, .on_stage = on_stage};
     df_pipeline_output out;
     double t0 = df_now();
     df_status st = df_pipeline_generate(rs->pipe, &pp, &hooks, &out);
+    edit_bufs_free(&eb);   /* pp.strength stays for the text chunk; the pixels are done */
+    pp.init_image = pp.mask = NULL;
     if (st != DF_OK && df_pipeline_load_failed(rs->pipe)) {
         df_error("%s", df_last_error());   /* the model is broken: every prompt would fail */
         exit(1);
@@ -651,6 +788,18 @@ int main(int argc, char **argv)
         o.width = rs.init_w * m;
         o.height = rs.init_h * m;
         o.batch = rs.init_n;
+    }
+    if (o.init_image) {
+        json_t *probe = json_object();
+        df_pipeline_params pp = {.width = o.width, .height = o.height};
+        edit_bufs eb = {0};
+        char *err = NULL;
+        if (!edit_inputs(&rs, probe, &pp, &eb, &err)) {
+            df_error("%s", err ? err : "out of memory");
+            exit(1);
+        }
+        edit_bufs_free(&eb);
+        json_decref(probe);
     }
     signal(SIGPIPE, SIG_IGN);
     signal(SIGINT, on_signal);

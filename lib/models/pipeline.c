@@ -2,6 +2,7 @@
  * loop with classifier-free guidance -> VAE decode. See pipeline.h.
  * Tested by tests/check_fixtures/check_pipeline.c and test-df-sample.sh. */
 #include "pipeline.h"
+#include "pipeline_edit.h"
 
 #include <errno.h>
 #include <math.h>
@@ -322,7 +323,12 @@ void df_pipeline_keep_loaded(df_pipeline *p, bool keep) { p->keep = keep; }
 
 bool df_pipeline_load_failed(const df_pipeline *p) { return p->load_failed; }
 
-int df_pipeline_latent_channels(const df_pipeline *p) { return p->unet_channels; }
+/* An inpainting UNet (9 = latents 4 + mask 1 + masked-image latents 4) works
+ * on 4-channel latents, as diffusers' inpainting pipeline demands. */
+int df_pipeline_latent_channels(const df_pipeline *p)
+{
+    return p->unet_channels == DF_INPAINT_UNET_CHANNELS ? 4 : p->unet_channels;
+}
 
 void df_pipeline_default_size(const df_pipeline *p, int *width, int *height)
 {
@@ -492,10 +498,40 @@ static df_status load_unet(df_pipeline *p)
     return st;
 }
 
-/* The denoising loop; latents (B,C,h,w) in and out. */
+/* The starting latents of img2img/inpainting (the image latents noised to
+ * the begin step) or of text to image (the noise times init_noise_sigma). */
+static df_status start_latents(df_scheduler *s, const df_edit *e, float *latents, size_t n)
+{
+    if (e && e->from_image)
+        return df_scheduler_add_noise_at(s, e->begin, e->image_latents, e->noise, n, latents);
+    if (e)
+        memcpy(latents, e->noise, n * sizeof *latents);
+    float sigma0 = df_scheduler_init_noise_sigma(s);
+    for (size_t k = 0; k < n; k++)
+        latents[k] *= sigma0;
+    return DF_OK;
+}
+
+/* 4-channel inpainting after step i: the unmasked region goes back to the
+ * image latents, noised to step i+1 (unnoised after the last step). */
+static df_status blend_step(df_scheduler *s, const df_edit *e, int i, float *proper,
+                            float *latents, size_t n)
+{
+    df_status st = DF_OK;
+    if (i + 1 < df_scheduler_count(s))
+        st = df_scheduler_add_noise_at(s, i + 1, e->image_latents, e->noise, n, proper);
+    else
+        memcpy(proper, e->image_latents, n * sizeof *proper);
+    if (st == DF_OK)
+        df_edit_blend(e, proper, latents);
+    return st;
+}
+
+/* The denoising loop; latents (B,C,h,w) out (in: the noise for text to
+ * image; e, when not NULL, holds img2img/inpainting's inputs). */
 static df_status denoise(df_pipeline *p, const df_pipeline_params *pp, const float *embeds, int T,
                          int Ctx, float *latents, int B, int C, int h, int w, df_rng *rng,
-                         const df_pipeline_hooks *hooks, df_pipeline_output *o)
+                         const df_edit *e, const df_pipeline_hooks *hooks, df_pipeline_output *o)
 {
     df_scheduler *s = NULL;
     df_status st = df_scheduler_create(pp->scheduler, p->sched_config, NULL, &s);
@@ -503,17 +539,21 @@ static df_status denoise(df_pipeline *p, const df_pipeline_params *pp, const flo
         snprintf(o->scheduler, sizeof o->scheduler, "%s", df_scheduler_class_name(s));
         st = df_scheduler_set_timesteps(s, pp->steps);
     }
+    if (st == DF_OK && e)
+        st = df_scheduler_set_begin_index(s, e->begin);
     if (st == DF_OK)
         st = load_unet(p);
     /* The buffers below are sized from the text encoder and the pipeline's
      * channel count: a UNet from another model must not read past them. */
-    if (st == DF_OK && (df_unet_in_channels(p->unet) != C || df_unet_out_channels(p->unet) != C ||
+    int cin = e && e->concat ? 2 * C + 1 : C;   /* latents, mask, masked-image latents */
+    if (st == DF_OK && (df_unet_in_channels(p->unet) != cin || df_unet_out_channels(p->unet) != C ||
                         df_unet_cross_attention_dim(p->unet) != Ctx)) {
         p->load_failed = true;
         st = df_fail(DF_ERR_SHAPE, "%s/unet/config.json: in/out_channels %d/%d and "
-                     "cross_attention_dim %d do not fit %d latent channels and the text "
+                     "cross_attention_dim %d do not fit %d/%d channels and the text "
                      "encoder's hidden_size %d", p->dir, df_unet_in_channels(p->unet),
-                     df_unet_out_channels(p->unet), df_unet_cross_attention_dim(p->unet), C, Ctx);
+                     df_unet_out_channels(p->unet), df_unet_cross_attention_dim(p->unet), cin, C,
+                     Ctx);
     }
     if (st != DF_OK) {
         df_scheduler_free(s);
@@ -521,54 +561,58 @@ static df_status denoise(df_pipeline *p, const df_pipeline_params *pp, const flo
     }
     bool cfg = pp->guidance > 1.0f;
     int NB = cfg ? 2 * B : B;                      /* UNet batch: [neg x B, pos x B] */
-    size_t n = (size_t)B * C * h * w;
-    float *x = malloc(n * NB / B * sizeof *x);
+    size_t n = (size_t)B * C * h * w, hw = (size_t)h * w;
+    float *x = malloc((size_t)NB * cin * hw * sizeof *x);
+    float *scaled = malloc(n * sizeof *scaled);
     float *eo = malloc(n * NB / B * sizeof *eo);
     float *ehs = malloc((size_t)NB * T * Ctx * sizeof *ehs);
     float *ts = malloc(NB * sizeof *ts);
     float *guided = malloc(n * sizeof *guided);
-    if (!x || !eo || !ehs || !ts || !guided)
+    if (!x || !scaled || !eo || !ehs || !ts || !guided)
         st = df_fail(DF_ERR_NOMEM, "out of memory for the denoising loop");
     size_t te = (size_t)T * Ctx;
     for (int b = 0; st == DF_OK && b < NB; b++) {
         const float *src = cfg && b < B ? embeds : embeds + te;   /* rows: neg, pos */
         memcpy(ehs + b * te, src, te * sizeof *ehs);
     }
-    float sigma0 = df_scheduler_init_noise_sigma(s);
-    for (size_t k = 0; st == DF_OK && k < n; k++)
-        latents[k] *= sigma0;
-    int count = df_scheduler_count(s);
-    for (int i = 0; st == DF_OK && i < count; i++) {
+    if (st == DF_OK)
+        st = start_latents(s, e, latents, n);
+    /* Steps begin .. count-1 run; hooks count them from 0 of `run`. */
+    int count = df_scheduler_count(s), begin = e ? e->begin : 0, run = count - begin;
+    for (int i = begin; st == DF_OK && i < count; i++) {
         float t = df_scheduler_timestep(s, i);
         if (stop_asked(hooks)) {
-            st = df_fail(DF_ERR_INTERRUPTED, "stopped before step %d of %d", i + 1, count);
+            st = df_fail(DF_ERR_INTERRUPTED, "stopped before step %d of %d", i - begin + 1, run);
             break;
         }
         if (hooks && hooks->before_step)
-            hooks->before_step(hooks->ctx, i, count, latents);
-        st = df_scheduler_scale_model_input(s, i, latents, x, n);
+            hooks->before_step(hooks->ctx, i - begin, run, latents);
+        st = df_scheduler_scale_model_input(s, i, latents, scaled, n);
         if (st != DF_OK)
             break;
-        if (cfg)
-            memcpy(x + n, x, n * sizeof *x);
+        df_edit_unet_input(e, scaled, NB, B, C, (int)hw, x);
         for (int b = 0; b < NB; b++)
             ts[b] = t;
         st = df_unet_forward(p->unet, x, ts, ehs, NB, h, w, T, eo);
         if (st == DF_ERR_NUMERIC)
-            st = df_fail(st, "step %d of %d: %s (non-finite)", i + 1, count, df_last_error());
+            st = df_fail(st, "step %d of %d: %s (non-finite)", i - begin + 1, run, df_last_error());
         if (st != DF_OK)
             break;
         const float g = pp->guidance;
         for (size_t k = 0; k < n; k++)
             guided[k] = cfg ? eo[k] + g * (eo[n + k] - eo[k]) : eo[k];
         st = df_scheduler_step(s, i, guided, latents, latents, n, df_rng_noise_fn, rng);
+        if (st == DF_OK && e && e->inpaint && !e->concat)
+            st = blend_step(s, e, i, guided, latents, n);   /* guided is free until the next step */
         for (size_t k = 0; st == DF_OK && k < n; k++)
             if (!isfinite(latents[k]))
-                st = df_fail(DF_ERR_NUMERIC, "non-finite latents after step %d of %d", i + 1, count);
+                st = df_fail(DF_ERR_NUMERIC, "non-finite latents after step %d of %d",
+                             i - begin + 1, run);
         if (st == DF_OK && hooks && hooks->on_step)
-            hooks->on_step(hooks->ctx, i, count, t, eo, latents);
+            hooks->on_step(hooks->ctx, i - begin, run, t, eo, latents);
     }
     free(x);
+    free(scaled);
     free(eo);
     free(ehs);
     free(ts);
@@ -578,6 +622,31 @@ static df_status denoise(df_pipeline *p, const df_pipeline_params *pp, const flo
     if (!p->keep) {
         df_unet_free(p->unet);
         p->unet = NULL;
+    }
+    return st;
+}
+
+/* img2img/inpainting: encode the init image (and the masked image) and
+ * draw the noise, in diffusers' order; the VAE is freed after unless kept. */
+static df_status prepare_edit(df_pipeline *p, const df_pipeline_params *pp, df_pipeline_output *o,
+                              int begin, df_rng *rng, df_edit *e)
+{
+    df_status st = p->vae ? DF_OK : load_vae(p, &p->vae);
+    if (st == DF_OK && df_vae_latent_channels(p->vae) != o->C)
+        st = df_fail(DF_ERR_SHAPE, "%s/vae/config.json: latent_channels %d, the UNet needs %d",
+                     p->dir, df_vae_latent_channels(p->vae), o->C);
+    if (st != DF_OK) {
+        p->load_failed = true;   /* the model's problem, not the prompt's */
+        df_vae_free(p->vae);
+        p->vae = NULL;
+        return st;
+    }
+    st = df_edit_prepare(p->vae, pp, o->batch, o->C, o->h, o->w, begin,
+                         p->unet_channels == DF_INPAINT_UNET_CHANNELS, rng, e);
+    df_ops_release_scratch();
+    if (!p->keep) {
+        df_vae_free(p->vae);
+        p->vae = NULL;
     }
     return st;
 }
@@ -643,10 +712,15 @@ df_status df_pipeline_generate(df_pipeline *p, const df_pipeline_params *pp,
                        m, pp->width, pp->height);
     if (pp->steps < 1 || pp->batch < 1 || !isfinite(pp->guidance))
         return df_fail(DF_ERR_ARG, "steps and batch must be at least 1, guidance finite");
-    if (pp->init_image || pp->mask)
-        return df_fail(DF_ERR_UNSUPPORTED, "img2img and inpainting are not implemented yet");
+    int begin = 0;
+    df_status st = df_edit_check(pp, p->unet_channels, &begin);
+    if (st != DF_OK)
+        return st;
+    bool edit = pp->init_image != NULL;
+    if (edit && pp->init_latents)
+        return df_fail(DF_ERR_ARG, "initial latents cannot be combined with an init image");
     o->batch = pp->batch;
-    o->C = p->unet_channels;
+    o->C = df_pipeline_latent_channels(p);
     o->h = pp->height / m;
     o->w = pp->width / m;
     o->width = pp->width;
@@ -654,25 +728,34 @@ df_status df_pipeline_generate(df_pipeline *p, const df_pipeline_params *pp,
     float *embeds = NULL;
     int T = 0, Ctx = 0;
     stage(hooks, "text encoder");
-    df_status st = encode_prompts(p, pp, o, &embeds, &T, &Ctx);
+    st = encode_prompts(p, pp, o, &embeds, &T, &Ctx);
     if (st == DF_OK && hooks && hooks->on_embeds)
         hooks->on_embeds(hooks->ctx, embeds, embeds + (size_t)T * Ctx, T, Ctx);
     size_t n = (size_t)o->batch * o->C * o->h * o->w;
     df_rng rng;
     df_rng_seed(&rng, pp->seed);
+    df_edit e = {0};
     if (st == DF_OK) {
         o->latents = malloc(n * sizeof *o->latents);
         if (!o->latents)
             st = df_fail(DF_ERR_NOMEM, "out of memory");
         else if (pp->init_latents)
             memcpy(o->latents, pp->init_latents, n * sizeof *o->latents);
-        else
+        else if (!edit)
             df_rng_randn(&rng, o->latents, n);   /* one draw for the batch, as randn_tensor */
     }
+    if (st == DF_OK && edit) {
+        stage(hooks, "vae encode");
+        st = prepare_edit(p, pp, o, begin, &rng, &e);
+    }
+    if (st == DF_OK && stop_asked(hooks))
+        st = df_fail(DF_ERR_INTERRUPTED, "stopped before denoising");
     if (st == DF_OK) {
         stage(hooks, "unet");
-        st = denoise(p, pp, embeds, T, Ctx, o->latents, o->batch, o->C, o->h, o->w, &rng, hooks, o);
+        st = denoise(p, pp, embeds, T, Ctx, o->latents, o->batch, o->C, o->h, o->w, &rng,
+                     edit ? &e : NULL, hooks, o);
     }
+    df_edit_free(&e);
     free(embeds);
     if (st == DF_OK && stop_asked(hooks))
         st = df_fail(DF_ERR_INTERRUPTED, "stopped before decoding");
