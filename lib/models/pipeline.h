@@ -16,8 +16,12 @@
  * encoder, then UNet, then VAE), so peak memory is the largest component
  * plus its activations, not the sum. LoRAs are merged into each component's
  * weights as it is loaded.
+ * With an init image (and a mask) it is diffusers' StableDiffusionImg2Img /
+ * StableDiffusionInpaintPipeline instead (lib/models/pipeline_edit.h says
+ * how; a 9-channel UNet is an inpainting one).
  * Tested end to end against refs/pipeline_* by tests/check_fixtures/
- * check_pipeline.c and through df-sample by tests/tools/test-df-sample.sh. */
+ * check_pipeline.c and through df-sample by tests/tools/test-df-sample.sh
+ * (img2img and inpainting: tests/tools/test-df-sample-edit.sh). */
 #ifndef DF_PIPELINE_H
 #define DF_PIPELINE_H
 
@@ -83,7 +87,8 @@ void df_pipeline_keep_loaded(df_pipeline *p, bool keep);
  * model that every later prompt would meet too; false for the prompt's own
  * failures (bad size, scheduler name, NaN while sampling). */
 bool df_pipeline_load_failed(const df_pipeline *p);
-/* Channels of the latents (the UNet's in_channels, 4 for SD). */
+/* Channels of the latents: the UNet's in_channels (4 for SD), and 4 for an
+ * inpainting UNet (in_channels 9: latents, mask, masked-image latents). */
 int df_pipeline_latent_channels(const df_pipeline *p);
 
 /* Default image size: unet sample_size * vae scale. */
