@@ -329,6 +329,10 @@ def main_checks(p, args, info):
         a, b = p.pixels(first["src"]), p.pixels(again[0]["src"])
         check(a and b and a["px"] == b["px"], "the same settings again give the same pixels")
 
+    # 4b. a LoRA switched off (the server runs with one --lora)
+    if first and again and info.get("loras"):
+        lora_checks(p, args, info, first)
+
     # 5. the server's error line is shown: a prompt over max_prompt_chars (set by
     # script: maxlength stops typing, not the server's check)
     long = "x" * (int(info.get("max_prompt_chars", 1000)) + 1)
@@ -367,6 +371,31 @@ def main_checks(p, args, info):
     edit_checks(p, args, W, H)
     p.js("window.scrollTo(0, 0)")
     p.screenshot("desktop.png")
+
+
+def lora_checks(p, args, info, first):
+    name = info["loras"][0]["name"]
+    label = p.js("return document.querySelector('label[for=lora-on-0]').textContent")
+    check(name in label and p.el("lora-on-0").is_selected()
+          and float(p.el("lora-scale-0").get_attribute("value")) == float(info["loras"][0]["scale"]),
+          f"the LoRA is listed, on, at its scale: {label.strip()!r}")
+    hook_requests(p)
+    p.el("lora-on-0").click()
+    p.generate()
+    body = json.loads(p.js("return window.__dfLastBody"))
+    check(body.get("lora_scales") == [0], f"LoRA off sends lora_scales [0]: {body.get('lora_scales')}")
+    off = p.wait_images(1) or []
+    if off:
+        a, b = p.pixels(first["src"]), p.pixels(off[0]["src"])
+        diff = sum(x != y for x, y in zip(a["px"], b["px"])) if a and b else 0
+        check(diff > 0, f"without the LoRA the image differs ({diff} channel values)")
+    # the oldest image of seed 1234 is the first one, made with the LoRA on
+    p.js("""[...document.querySelectorAll('#gallery li')].filter(li =>
+        li.querySelector('.seed').textContent === '1234').pop().querySelector('button.reuse').click();""")
+    p.wait(lambda: p.el("lora-on-0").is_selected(), "reuse turns the LoRA on", 10)
+    check(p.el("lora-on-0").is_selected()
+          and float(p.el("lora-scale-0").get_attribute("value")) == float(info["loras"][0]["scale"]),
+          "reusing the first image's settings turns the LoRA on again at its scale")
 
 
 def job_state(args, jid):

@@ -69,7 +69,7 @@ browse() {   # NAME [args...]: the browser checks, output kept in $OUT/NAME.log
     [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "FAIL: browser checks ($name), see $OUT/$name.log" >&2; fails=$((fails + 1)); }
 }
 
-if serve page --queue 1; then
+if serve page --queue 1 --lora "$DF_FIXTURES/lora/peft_lora.safetensors:0.7"; then
     browse page --url "$URL"
 else
     fails=$((fails + 1))
