@@ -2,10 +2,13 @@
  *
  * Prompts come from -p (one job) or, without -p, as JSON Lines records on
  * stdin (each may set prompt, negative_prompt, seed, steps, guidance,
- * scheduler, width, height, batch). Each image is written as a PNG with its
- * generation parameters in text chunks, and described by one record on
- * stdout. A prompt that fails (bad field, NaN during sampling) gives a record
- * with "error"; the run goes on. Tested by tests/tools/test-df-sample.sh. */
+ * scheduler, width, height, batch, init_image, mask, strength). With an init
+ * image (and a mask) the job is img2img (inpainting); the files are only
+ * loaded and sized here (lib/io/edit_image.h), the pipeline does the rest.
+ * Each image is written as a PNG with its generation parameters in text
+ * chunks, and described by one record on stdout. A prompt that fails (bad
+ * field, NaN during sampling) gives a record with "error"; the run goes on.
+ * Tested by tests/tools/test-df-sample.sh and test-df-sample-edit.sh. */
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
