@@ -87,6 +87,9 @@ class Server:
             rc = "timeout"
         self.rec.close()
         self.err.close()
+        err = open(self.err_path).read()
+        if "Sanitizer" in err or "runtime error:" in err:
+            fail("%s: sanitizer report:\n%s" % (self.name, err[-3000:]))
         return rc
 
     def records(self):

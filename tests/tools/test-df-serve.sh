@@ -145,7 +145,7 @@ while time.time() - t0 < 10 and not idle:
 check(idle, "disconnect: the job went on after its client left")
 st, h, r = s.json("POST", "/v1/images/generations", {"prompt": "after", "size": "64x64", "steps": 2})
 check(st == 200, "a request after a disconnect: %s" % st)
-s.stop()
+check(s.stop() == 0, "exit after the first part")
 recs = s.records()
 gone = [x for x in recs if x.get("endpoint") == "POST /v1/images/generations" and "error" in x]
 check(len(gone) == 1 and gone[0]["seconds"] < 60, "disconnect record: %s" % gone)
