@@ -3,6 +3,7 @@
 #   make test       every test (unit, tool, fixture); SAN=1 adds ASan/UBSan
 #   make bench      benchmarks: print figures, assert nothing
 #   make deps       install the Debian packages the project needs
+#   make serve MODEL=...  df-serve on that model (see man/df-serve.1)
 #   make install PREFIX=/usr/local
 #   CUDA=1          also compile kernels/*.cu with nvcc into libdf
 # Sources are found by wildcard, so a new lib/<layer>/*.c, tools/df-*.c,
@@ -85,7 +86,7 @@ UNIT     := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRC))
 CHECKFX_SRC := $(wildcard tests/check_fixtures/*.c)
 CHECKFX  := $(if $(filter 1,$(SAN) $(CUDA)),$(BUILD)/tests/check-fixtures,tests/check-fixtures)
 
-.PHONY: all test bench deps install clean demo fuzz
+.PHONY: all test bench deps install clean demo fuzz serve
 all: $(LIBDF) $(TOOLS) $(HELPERS) $(UNIT) $(CHECKFX)
 
 $(BUILD)/lib/%.o: lib/%.c $(LIB_HDR)
@@ -146,6 +147,13 @@ include tests/fuzz/fuzz.mk
 # pipeline: pipelines/demo.mk (DEMO_DIR=build/demo, DEMO_STEPS=150).
 demo: $(TOOLS) $(HELPERS)
 	$(MAKE) --no-print-directory -f pipelines/demo.mk BIN=$(CURDIR)/$(BIN)/ BUILD=$(CURDIR)/$(BUILD)
+
+# make serve MODEL=DIR-or-FILE [LORA=FILE[:SCALE]] [LISTEN=127.0.0.1:7860]
+# [OUT=df-serve-images] [SERVE_FLAGS=...]: df-serve in the foreground (Ctrl-C stops it).
+serve: $(BIN)/df-serve
+	@test -n "$(MODEL)" || { echo "make serve: MODEL=... (a diffusers folder or a .safetensors file) is required" >&2; exit 2; }
+	$(BIN)/df-serve --model "$(MODEL)" $(if $(LORA),--lora "$(LORA)") --listen $(or $(LISTEN),127.0.0.1:7860) \
+	    --out "$(or $(OUT),df-serve-images)" $(SERVE_FLAGS)
 
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/man/man1 $(DESTDIR)$(PREFIX)/share/man/man7
