@@ -64,7 +64,8 @@ static out_tensor *push(out_list *L, const char *name, int ndim, const int64_t *
     out_tensor *t = &L->t[L->n++];
     snprintf(t->name, sizeof t->name, "%s", name);
     t->ndim = ndim;
-    memcpy(t->shape, shape, (size_t)ndim * sizeof *shape);
+    if (ndim)   /* a scalar has no shape array */
+        memcpy(t->shape, shape, (size_t)ndim * sizeof *shape);
     t->data = data;
     return t;
 }
