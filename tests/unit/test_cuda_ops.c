@@ -681,14 +681,20 @@ static void test_arena_and_errors(void)
                                     1.0f, 0) == DF_ERR_UNSUPPORTED);
     CHECK(df_cuda_linear_forward(ctx, (df_dtype)7, NULL, NULL, NULL, NULL, 1, 1, 1) == DF_ERR_ARG);
     CHECK(df_cuda_linear_forward(NULL, DF_DTYPE_F32, NULL, NULL, NULL, NULL, 1, 1, 1) == DF_ERR_ARG);
-    // a failing CUDA call: recorded with its expression, file and line, not fatal
+    // a failing CUDA call (the staging buffer for 2^48 values cannot be
+    // allocated; an error that does not poison the context, unlike a fault):
+    // recorded with its expression, file and line, and not fatal
     float h[4] = {0};
-    df_status st = df_cuda_upload(ctx, (void *)(uintptr_t)8, h, sizeof h);
-    printf("a bad copy: %s\n", df_last_error());
+    void *d = NULL;
+    CHECK(df_cuda_malloc(ctx, &d, 16) == DF_OK);
+    df_status st = df_cuda_upload_f32(ctx, d, DF_DTYPE_F16, h, (size_t)1 << 48);
+    printf("a failing call: %s\n", df_last_error());
     CHECK(st == DF_ERR_CUDA);
-    CHECK(strstr(df_last_error(), "cudaMemcpyAsync") != NULL);
+    CHECK(strstr(df_last_error(), "cudaMalloc") != NULL);
     CHECK(strstr(df_last_error(), "cuda_context.cu:") != NULL);
     CHECK(df_cuda_sync(ctx) == DF_OK);   /* the context still works */
+    CHECK(df_cuda_upload_f32(ctx, d, DF_DTYPE_F16, h, 4) == DF_OK);
+    df_cuda_free(ctx, d);
 }
 
 int main(void)
