@@ -234,9 +234,39 @@ elif check(st == 200 and len(r.get("images", [])) == 1, "img2img: %s %s" % (st, 
              "page inpainting: %s" % j) and ref:
         same_pixels("page inpainting", s.req("GET", j["images"][0]["url"])[2], ref[0])
 
-# --- SIGTERM mid-job: the job is cancelled after --grace, exit 0
+# --- LoRAs: as loaded, switched off per job, named in an A1111 prompt
 rc = s.stop()
 check(rc == 0, "SIGTERM idle: exit %s" % rc)
+LORA = os.path.join(FX, "lora", "peft_lora.safetensors")
+s = Server("--lora", LORA + ":0.5")
+st, h, info = s.json("GET", "/api/info")
+check(info.get("loras") == [{"name": "peft_lora", "scale": 0.5}], "info loras: %s" % info.get("loras"))
+for scales, args, tag in (([0.5], ["--lora", LORA + ":0.5"], "lora-half"), ([0], [], "lora-off")):
+    st, h, r = s.json("POST", "/api/jobs", {"prompt": "a face", "steps": 3, "seed": 21, "width": 64,
+                                            "height": 64, "lora_scales": scales})
+    j = s.wait_job(r.get("id", "none"))
+    ref = df_sample(tag, "-p", "a face", "--steps", "3", "--seed", "21", "--width", "64", "--height",
+                    "64", *args)
+    if check(j.get("state") == "done", "lora job %s: %s" % (scales, j)) and ref:
+        png = s.req("GET", j["images"][0]["url"])[2]
+        same_pixels("page lora_scales %s" % scales, png, ref[0])
+        got, want = pixels(png)[3], pixels(open(ref[0], "rb").read())[3]
+        check(got.get("parameters") == want.get("parameters"),
+              "lora parameters text %r, df-sample %r" % (got.get("parameters"), want.get("parameters")))
+st, h, r = s.json("POST", "/sdapi/v1/txt2img", {"prompt": "a face <lora:peft_lora:1>", "steps": 3,
+                                                "seed": 22, "width": 64, "height": 64,
+                                                "sampler_name": "DDIM", "cfg_scale": 7.5})
+ref = df_sample("lora-a1111", "-p", "a face ", "--steps", "3", "--seed", "22", "--width", "64",
+                "--height", "64", "--scheduler", "ddim", "--lora", LORA + ":1")
+if check(st == 200 and len(r.get("images", [])) == 1, "a1111 lora tag: %s %s" % (st, str(r)[:200])) and ref:
+    same_pixels("a1111 <lora:peft_lora:1>", b64png(r["images"][0]), ref[0])
+    check("<lora:peft_lora:1>" in json.loads(r["info"])["infotexts"][0], "a1111 lora infotext")
+st, h, r = s.json("POST", "/sdapi/v1/txt2img", {"prompt": "<lora:other:1> x", "steps": 1, "width": 64, "height": 64})
+check(st == 400 and "no such LoRA" in r.get("error", ""), "unknown lora tag: %s %s" % (st, r))
+
+# --- SIGTERM mid-job: the job is cancelled after --grace, exit 0
+rc = s.stop()
+check(rc == 0, "SIGTERM idle (with a LoRA): exit %s" % rc)
 s = Server("--grace", "1")
 st, h, r = s.json("POST", "/api/jobs", long_page)
 check(s.wait_running(), "SIGTERM: the job never ran")
@@ -248,7 +278,7 @@ check("stopped" in open(s.err_path).read(), "SIGTERM: no 'stopped' line")
 # --- the gallery survives a restart
 s = Server()
 st, h, g = s.json("GET", "/api/gallery")
-check(st == 200 and len(g.get("images", [])) >= 18, "gallery after restart: %d images"
+check(st == 200 and len(g.get("images", [])) >= 21, "gallery after restart: %d images"
       % len(g.get("images", [])))
 if g.get("images"):
     st, h, png = s.req("GET", g["images"][0]["url"])

@@ -58,6 +58,7 @@ typedef struct {
     uint64_t seed;
     float lora_scales[SERVE_MAX_LORAS];
     uint8_t *init_rgb, *mask;      /* (height,width,3) and (height,width), or NULL */
+    bool edit, inpaint;            /* img2img / inpainting (kept after the pixels are freed) */
 } serve_params;
 
 void serve_params_free(serve_params *p);
@@ -106,6 +107,9 @@ serve_job *queue_find(const char *id);        /* new reference or NULL */
  * the job's stop flag (it costs only that job). */
 void queue_wait(serve_job *j, int conn_fd);
 void queue_cancel(serve_job *j);
+/* Free what a finished job no longer needs once answered (its PNG bytes,
+ * the uploaded images): it may stay in the table for a while. */
+void job_drop_payload(serve_job *j);
 bool queue_interrupt_running(void);
 /* Under the lock: a snapshot for progress views. */
 typedef struct {
@@ -157,7 +161,6 @@ typedef struct {
     size_t body_len;
     int conn_fd;                   /* for disconnect detection while waiting */
     const char *host;              /* Host header, for absolute URLs */
-    const char *query_skip;        /* unused placeholder */
 } serve_request;
 
 /* Reply helpers (serve_http.c). JSON replies take ownership of v. */
@@ -171,7 +174,6 @@ void reply_openai_error(serve_reply *r, int status, const char *param, const cha
 /* serve_request.c: limits on what a client sends. Each returns false with
  * a one-line reason in *err (malloc'd) naming the field. */
 json_t *req_parse_object(const serve_request *rq, char **err);
-typedef struct { const char *name; int kind; } req_field;   /* kind: see serve_request.c */
 bool req_check_size(long long w, long long h, const char *wname, char **err);
 bool req_get_int(json_t *o, const char *key, long long lo, long long hi, long long *out,
                  char **err);

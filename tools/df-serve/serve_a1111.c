@@ -159,6 +159,60 @@ static bool sampler(json_t *o, serve_params *p, char **err)
     return req_scheduler(p, ours, key, err);
 }
 
+/* A1111 names LoRAs in the prompt as <lora:NAME:SCALE> (SCALE 1 when left
+ * out). A name this server loaded (its file name without .safetensors) sets
+ * that LoRA's scale for the request, the LoRAs the prompt does not name are
+ * off (as in A1111), and the tags leave the prompt. A prompt without tags
+ * uses the LoRAs as loaded. A name not loaded is a 400. *out: the prompt
+ * without its tags (malloc'd). */
+static bool lora_tags(const char *prompt, serve_params *p, char **out, char **err)
+{
+    size_t n = strlen(prompt);
+    char *s = malloc(n + 1);
+    if (!s)
+        return *err = req_errf("out of memory"), false;
+    size_t o = 0;
+    bool any = false;
+    for (size_t i = 0; i < n;) {
+        const char *end = !strncmp(prompt + i, "<lora:", 6) ? strchr(prompt + i, '>') : NULL;
+        if (!end) {
+            s[o++] = prompt[i++];
+            continue;
+        }
+        const char *name = prompt + i + 6;
+        const char *colon = memchr(name, ':', (size_t)(end - name));
+        size_t len = (size_t)((colon ? colon : end) - name);
+        double scale = 1;
+        char *e = NULL;
+        if (colon) {
+            scale = strtod(colon + 1, &e);
+            if (e != end || !isfinite(scale) || fabs(scale) > 100) {
+                free(s);
+                return *err = req_errf("prompt: <lora:%.*s>: the scale must be a number",
+                                       (int)(end - name), name), false;
+            }
+        }
+        int k = -1;
+        for (int q = 0; q < g_cfg.n_loras && k < 0; q++)
+            if (strlen(g_cfg.lora_name[q]) == len && !strncmp(g_cfg.lora_name[q], name, len))
+                k = q;
+        if (k < 0) {
+            free(s);
+            return *err = req_errf("prompt: <lora:%.*s>: no such LoRA on this server (it serves "
+                                   "the --lora files named in /api/info)", (int)len, name), false;
+        }
+        if (!any)
+            for (int q = 0; q < g_cfg.n_loras; q++)
+                p->lora_scales[q] = 0;
+        any = true;
+        p->lora_scales[k] = (float)scale;
+        i = (size_t)(end - prompt) + 1;
+    }
+    s[o] = 0;
+    *out = s;
+    return true;
+}
+
 static bool params(json_t *o, bool img2img, serve_params *p, bool *send, char **err)
 {
     json_t *imgs = json_object_get(o, "init_images");
@@ -195,7 +249,9 @@ static bool params(json_t *o, bool img2img, serve_params *p, bool *send, char **
     *send = !sv || json_is_null(sv) || json_is_true(sv);
     if (!req_check_size(w, h, "width x height", err))
         return false;
-    p->prompt = strdup(prompt ? prompt : "");
+    req_lora_scales(o, "", p->lora_scales, err);   /* as loaded */
+    if (!lora_tags(prompt ? prompt : "", p, &p->prompt, err))
+        return false;
     p->negative = strdup(neg ? neg : "");
     p->steps = (int)steps;
     p->guidance = (float)cfg;
@@ -204,7 +260,6 @@ static bool params(json_t *o, bool img2img, serve_params *p, bool *send, char **
     p->batch = 1;
     p->runs = (int)(bs * ni);
     p->strength = (float)strength;
-    req_lora_scales(o, "", p->lora_scales, err);   /* as loaded */
     if (!p->prompt || !p->negative)
         return *err = req_errf("out of memory"), false;
     if (!img2img)
@@ -220,6 +275,8 @@ static bool params(json_t *o, bool img2img, serve_params *p, bool *send, char **
         return false;
     if (mask && !req_image("mask", mask, p->width, p->height, true, &p->mask, err))
         return false;
+    p->edit = true;
+    p->inpaint = p->mask != NULL;
     if (p->mask && invert)
         for (size_t i = 0; i < (size_t)p->width * p->height; i++)
             p->mask[i] = (uint8_t)(255 - p->mask[i]);
@@ -259,7 +316,7 @@ static char *info_text(const serve_job *j, const char *sampler_name)
     df_rec_set_int(o, "batch_size", p->runs);
     json_object_set_new(o, "restore_faces", json_false());
     df_rec_set_str(o, "sd_model_name", g_cfg.model_name);
-    if (p->init_rgb)
+    if (p->edit)
         df_rec_set_float(o, "denoising_strength", p->strength);
     df_rec_set_int(o, "index_of_first_image", 0);
     json_object_set_new(o, "infotexts", texts);
@@ -350,6 +407,7 @@ static void generate(const serve_request *rq, serve_reply *r, bool img2img)
         r->error = req_errf("interrupted");
     reply_json(r, 200, a);
     json_decref(o);
+    job_drop_payload(j);
     job_release(j);
 }
 

@@ -149,6 +149,7 @@ static void generations(const serve_request *rq, serve_reply *r)
     df_rec_set_int(a, "created", (long long)time(NULL));
     json_object_set_new(a, "data", data);
     reply_json(r, 200, a);
+    job_drop_payload(j);
     job_release(j);
 }
 

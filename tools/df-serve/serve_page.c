@@ -28,8 +28,14 @@ static void info(serve_reply *r)
     json_t *o = json_object();
     df_rec_set_str(o, "model", g_cfg.model_name);
     json_t *s = json_array();
-    for (const char *const *n = df_scheduler_names(); *n; n++)
-        json_array_append_new(s, json_string(*n));
+    for (const char *const *n = df_scheduler_names(); *n; n++) {
+        df_scheduler *sc;          /* aliases (euler_a) name another entry */
+        if (df_scheduler_create(*n, NULL, NULL, &sc) != DF_OK)
+            continue;
+        if (!strcmp(df_scheduler_short_name(sc), *n))
+            json_array_append_new(s, json_string(*n));
+        df_scheduler_free(sc);
+    }
     json_object_set_new(o, "schedulers", s);
     df_rec_set_str(o, "scheduler", g_cfg.default_sched);
     df_rec_set_int(o, "width", g_cfg.width);
@@ -124,6 +130,8 @@ static bool page_params(json_t *o, serve_params *p, char **err)
         return false;
     if (mask && !req_image("mask", mask, p->width, p->height, true, &p->mask, err))
         return false;
+    p->edit = init != NULL;
+    p->inpaint = mask != NULL;
     return p->prompt && p->negative ? true : (*err = req_errf("out of memory"), false);
 }
 

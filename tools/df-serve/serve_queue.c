@@ -124,6 +124,20 @@ int queue_submit(serve_job *j, int *pos)
     return rc;
 }
 
+void job_drop_payload(serve_job *j)
+{
+    pthread_mutex_lock(&lock);
+    for (int i = 0; i < j->n_images; i++) {
+        free(j->images[i].png);
+        j->images[i].png = NULL;
+        j->images[i].png_len = 0;
+    }
+    free(j->prm.init_rgb);
+    free(j->prm.mask);
+    j->prm.init_rgb = j->prm.mask = NULL;
+    pthread_mutex_unlock(&lock);
+}
+
 serve_job *queue_find(const char *id)
 {
     serve_job *found = NULL;

@@ -40,9 +40,9 @@ json_t *serve_params_json(const serve_params *p)
         }
         json_object_set_new(o, "lora_scales", a);
     }
-    if (p->init_rgb) {
+    if (p->edit) {
         df_rec_set_float(o, "strength", p->strength);
-        json_object_set_new(o, "inpaint", json_boolean(p->mask != NULL));
+        json_object_set_new(o, "inpaint", json_boolean(p->inpaint));
     }
     return o;
 }
@@ -175,7 +175,7 @@ static df_status save_image(serve_job *j, const df_pipeline_output *out, uint64_
     df_rec_set_str(r, "scheduler", p->sched);
     df_rec_set_int(r, "width", p->width);
     df_rec_set_int(r, "height", p->height);
-    if (p->init_rgb)
+    if (p->edit)
         df_rec_set_float(r, "strength", p->strength);
     json_object_set_new(r, "loras", loras_json(p));
     df_rec_set_num(r, "seconds", round(seconds * 1000) / 1000);
@@ -185,7 +185,7 @@ static df_status save_image(serve_job *j, const df_pipeline_output *out, uint64_
     df_gen_text gt = {.prompt = p->prompt, .negative_prompt = p->negative, .lora_prompt = lp,
                       .lora_hashes = lh, .sampler = p->sched, .steps = p->steps,
                       .width = p->width, .height = p->height, .guidance = p->guidance,
-                      .seed = seed, .strength = p->init_rgb ? p->strength : 0};
+                      .seed = seed, .strength = p->edit ? p->strength : 0};
     char *a1111 = df_gen_a1111_text(&gt);
     char *rec = df_rec_dumps(r);
     json_decref(r);
@@ -250,7 +250,7 @@ static void finish(serve_job *j, job_state s, int status, const char *err)
     queue_unlock();
 }
 
-void run_job(serve_job *j)
+static void run(serve_job *j)
 {
     serve_params *p = &j->prm;
     for (int i = 0; i < g_cfg.n_loras; i++)
@@ -302,4 +302,14 @@ void run_job(serve_job *j)
         }
     }
     finish(j, JOB_DONE, 200, NULL);
+}
+
+void run_job(serve_job *j)
+{
+    run(j);
+    queue_lock();                  /* the uploaded pixels are done with */
+    free(j->prm.init_rgb);
+    free(j->prm.mask);
+    j->prm.init_rgb = j->prm.mask = NULL;
+    queue_unlock();
 }
