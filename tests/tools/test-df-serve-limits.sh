@@ -108,6 +108,9 @@ check(s.json("GET", "/health")[0] == 200, "the server died after a chunked body"
 check(s.req("GET", "/nope")[0] == 404, "unknown path is not 404")
 check(s.req("GET", OA)[0] == 405, "GET on a POST endpoint is not 405")
 check(s.req("GET", "/api/jobs/x/cancel")[0] == 405, "GET cancel is not 405")
+check(s.req("GET", A1)[0] == 405 and s.req("POST", "/sdapi/v1/progress")[0] == 405,
+      "A1111 endpoints with the wrong method are not 405")
+check(s.req("GET", "/sdapi/v1/nope")[0] == 404, "an unknown A1111 endpoint is not 404")
 check(s.req("GET", "/images/../../etc/passwd")[0] == 404, "path traversal is not 404")
 # garbage on the socket
 sk = socket.create_connection(("127.0.0.1", s.port))

@@ -497,6 +497,11 @@ bool a1111_route(const serve_request *rq, serve_reply *r)
         json_t *o = json_object();
         df_rec_set_str(o, "sd_model_checkpoint", g_cfg.model_name);
         reply_json(r, 200, o);
+    } else if (!strcmp(u, "txt2img") || !strcmp(u, "img2img") || !strcmp(u, "interrupt")) {
+        reply_error(r, 405, "%s %s: use POST", rq->method, rq->url);
+    } else if (!strcmp(u, "progress") || !strcmp(u, "sd-models") || !strcmp(u, "samplers") ||
+               !strcmp(u, "options")) {
+        reply_error(r, 405, "%s %s: use GET", rq->method, rq->url);
     } else {
         reply_error(r, 404, "no such endpoint: %s %s", rq->method, rq->url);
     }
