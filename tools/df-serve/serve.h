@@ -3,6 +3,7 @@
  * entry points. One file per job:
  *   df-serve.c        flags, model, signals, shutdown
  *   serve_http.c      libmicrohttpd plumbing: routing, body limit, auth, one record per request
+ *   serve_reply.c     the answers: JSON, the APIs' error shapes
  *   serve_request.c   request limits: JSON fields, sizes, base64, uploaded images
  *   serve_queue.c     the job queue: one generation at a time, N waiting, cancel, disconnects
  *   serve_run.c       one job through the pipeline; PNGs saved with df-sample's text
@@ -10,7 +11,9 @@
  *   serve_openai.c    POST /v1/images/generations
  *   serve_a1111.c     /sdapi/v1/...
  *   serve_page.c      the page (GET /), its private /api/..., /images/..., /health
- * Tested by tests/tools/test-df-serve*.sh. */
+ *   serve_page_html.c page.html's bytes, embedded at build time
+ * Tested by tests/tools/test-df-serve*.sh; the request handlers also by
+ * tests/fuzz/fuzz_serve.c. */
 #ifndef DF_SERVE_H
 #define DF_SERVE_H
 
@@ -163,7 +166,7 @@ typedef struct {
     const char *host;              /* Host header, for absolute URLs */
 } serve_request;
 
-/* Reply helpers (serve_http.c). JSON replies take ownership of v. */
+/* Reply helpers (serve_reply.c). JSON replies take ownership of v. */
 void reply_json(serve_reply *r, int status, json_t *v);
 void reply_error(serve_reply *r, int status, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));

@@ -37,60 +37,6 @@ typedef struct {
     serve_reply reply;
 } req_ctx;
 
-void reply_json(serve_reply *r, int status, json_t *v)
-{
-    r->status = status;
-    r->ctype = "application/json";
-    free(r->body);
-    r->body = v ? df_rec_dumps(v) : NULL;
-    r->len = r->body ? strlen(r->body) : 0;
-    json_decref(v);
-    if (!r->body && status < 500) {   /* out of memory while dumping */
-        r->status = 500;
-        r->body = strdup("{\"error\":\"out of memory\"}");
-        r->len = r->body ? strlen(r->body) : 0;
-    }
-}
-
-static char *vfmt(const char *fmt, va_list ap)
-{
-    char *s = NULL;
-    if (vasprintf(&s, fmt, ap) < 0)
-        s = NULL;
-    return s;
-}
-
-void reply_error(serve_reply *r, int status, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    char *msg = vfmt(fmt, ap);
-    va_end(ap);
-    json_t *o = json_object();
-    df_rec_set_str(o, "error", msg ? msg : "error");
-    free(r->error);
-    r->error = msg;
-    reply_json(r, status, o);
-}
-
-void reply_openai_error(serve_reply *r, int status, const char *param, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    char *msg = vfmt(fmt, ap);
-    va_end(ap);
-    json_t *e = json_object();
-    df_rec_set_str(e, "message", msg ? msg : "error");
-    df_rec_set_str(e, "type", status >= 500 ? "server_error" : "invalid_request_error");
-    json_object_set_new(e, "param", param ? json_string(param) : json_null());
-    json_object_set_new(e, "code", json_null());
-    json_t *o = json_object();
-    json_object_set_new(o, "error", e);
-    free(r->error);
-    r->error = msg;
-    reply_json(r, status, o);
-}
-
 /* Equal keys in constant time: both hashed first, so that neither the
  * length nor the first differing byte shows in the timing. */
 static bool key_ok(struct MHD_Connection *c)
@@ -164,6 +110,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         snprintf(q->method, sizeof q->method, "%s", method);
         /* A URL is logged: keep it short. */
         q->url = strndup(url, 256);
+        if (!q->url)
+            return MHD_NO;         /* out of memory: MHD drops the connection */
         /* The page itself holds nothing secret, and must load to ask for
          * the key; everything else needs it. */
         bool page = !strcmp(method, "GET") && (!strcmp(url, "/") || !strcmp(url, "/index.html"));
@@ -259,7 +207,9 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
 
 static void mhd_log(void *cls, const char *fmt, va_list ap)
 {
-    char *s = vfmt(fmt, ap);
+    char *s = NULL;
+    if (vasprintf(&s, fmt, ap) < 0)
+        s = NULL;
     if (s) {
         size_t n = strlen(s);
         while (n && s[n - 1] == '\n')
