@@ -9,10 +9,11 @@
  * scratch image (the context's `pad` buffer) and convolves that unpadded.
  *
  * The algorithm comes from cuDNN's heuristics (cudnnGet...Algorithm_v7,
- * the legacy API cuDNN 9 keeps), first fitting choice within the workspace
- * cap. In fp32 (the reference mode) only FMA-math algorithms that do not
- * transform the data are taken: FFT and Winograd change the rounding enough
- * to miss the CPU by more than 1e-5, and TF32 far more. */
+ * the legacy API cuDNN 9 keeps): the first choice within the workspace cap
+ * that does not transform the data (no FFT or Winograd: they change the
+ * rounding enough to miss the CPU by more than 1e-5 in fp32 and the stated
+ * tolerances in fp16/bf16) and, in fp32 (the reference mode), uses FMA math
+ * rather than TF32. */
 #include "cuda_internal.h"
 
 /* Workspace cap: SD's largest convolutions want far less; an algorithm
@@ -63,14 +64,17 @@ static df_status conv_desc_init(conv_desc *d, df_dtype dt, int B, int C, int Hx,
     return DF_OK;
 }
 
-/* Whether a heuristic's choice is acceptable: it fits the cap and, in
- * fp32, uses FMA math and no data transform. */
+/* Whether a heuristic's choice is acceptable: it fits the cap, does not
+ * transform the data (FFT and Winograd round differently, in fp16 and bf16
+ * far more than the tests' tolerances; the tensor-core implicit GEMMs are
+ * cuDNN's fast fp16 path on Ampere and Hopper anyway) and, in fp32, uses
+ * FMA math (no TF32). */
 static bool acceptable(df_dtype dt, cudnnStatus_t status, size_t memory, cudnnMathType_t math,
                        bool transforms)
 {
-    if (status != CUDNN_STATUS_SUCCESS || memory > WORKSPACE_CAP)
+    if (status != CUDNN_STATUS_SUCCESS || memory > WORKSPACE_CAP || transforms)
         return false;
-    return dt != DF_DTYPE_F32 || (math == CUDNN_FMA_MATH && !transforms);
+    return dt != DF_DTYPE_F32 || math == CUDNN_FMA_MATH;
 }
 
 static df_status pick_fwd(df_cuda_ctx *c, df_dtype dt, const conv_desc *d,

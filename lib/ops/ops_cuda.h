@@ -154,6 +154,13 @@ df_status df_cuda_conv2d_backward(df_cuda_ctx *ctx, df_dtype dt, void *dinp, voi
                                   void *dbias, const void *dout, const void *inp,
                                   const void *weight, int B, int C, int H, int W, int OC,
                                   const df_conv2d_geom *g);
+/* Flash-style as the forward: P recomputed from the scores and each
+ * query's log-sum-exp (kept in the context's workspace), no Tq x Tk matrix;
+ * out is the forward's output (for D_i = dout_i . out_i). HS up to 128. */
+df_status df_cuda_attention_backward(df_cuda_ctx *ctx, df_dtype dt, void *dq, void *dk, void *dv,
+                                     const void *dout, const void *q, const void *k,
+                                     const void *v, const void *out, int B, int Tq, int Tk,
+                                     int NH, int HS, float scale, int causal);
 df_status df_cuda_silu_backward(df_cuda_ctx *ctx, df_dtype dt, void *dinp, const void *dout,
                                 const void *inp, size_t n);
 df_status df_cuda_gelu_backward(df_cuda_ctx *ctx, df_dtype dt, void *dinp, const void *dout,

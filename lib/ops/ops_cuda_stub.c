@@ -122,6 +122,11 @@ df_status df_cuda_conv2d_backward(df_cuda_ctx *ctx, df_dtype dt, void *dinp, voi
                                   const void *weight, int B, int C, int H, int W, int OC,
                                   const df_conv2d_geom *g)
 { NO_CUDA; }
+df_status df_cuda_attention_backward(df_cuda_ctx *ctx, df_dtype dt, void *dq, void *dk, void *dv,
+                                     const void *dout, const void *q, const void *k,
+                                     const void *v, const void *out, int B, int Tq, int Tk,
+                                     int NH, int HS, float scale, int causal)
+{ NO_CUDA; }
 df_status df_cuda_silu_backward(df_cuda_ctx *ctx, df_dtype dt, void *dinp, const void *dout,
                                 const void *inp, size_t n)
 { NO_CUDA; }

@@ -90,7 +90,7 @@ static float f16_round(float x)
     frexp(a, &e);   /* a = m 2^e, m in [0.5,1): the spacing is 2^(e-11) */
     double ulp = a < ldexp(1.0, -14) ? ldexp(1.0, -24) : ldexp(1.0, e - 11);
     double r = rint(a / ulp) * ulp;
-    return (float)(x < 0 ? -r : r);
+    return (float)copysign(r, x);   /* -0 and negatives that round to 0 stay -0 */
 }
 
 static float round_to(float x, df_dtype dt)
@@ -399,13 +399,16 @@ static void test_small_ops(df_dtype dt)
 
 /* ----------------------------------------------------------------- backward */
 
-/* The gradients start from random values (backward ops accumulate), the
- * same on host and device. */
+/* The gradients start from small random values (backward ops accumulate),
+ * the same on host and device: small, so that the op's own contribution,
+ * not the prefill's rounding, dominates the comparison. */
+#define PREFILL 0.01f
 static void test_linear_backward(df_dtype dt, int N, int C, int OC)
 {
     size_t nx = (size_t)N * C, nw = (size_t)OC * C, ny = (size_t)N * OC;
     float *x = rand_host(nx, 1.0f, dt), *w = rand_host(nw, 0.1f, dt), *dy = rand_host(ny, 1.0f, dt);
-    float *dx = rand_host(nx, 1.0f, dt), *dw = rand_host(nw, 1.0f, dt), *db = rand_host(OC, 1.0f, dt);
+    float *dx = rand_host(nx, PREFILL, dt), *dw = rand_host(nw, PREFILL, dt);
+    float *db = rand_host(OC, PREFILL, dt);
     void *gx = to_dev(x, nx, dt), *gw = to_dev(w, nw, dt), *gdy = to_dev(dy, ny, dt);
     void *gdx = to_dev(dx, nx, dt), *gdw = to_dev(dw, nw, dt), *gdb = to_dev(db, OC, dt);
     df_linear_backward_ref(dx, dw, db, dy, x, w, N, C, OC);
@@ -427,7 +430,8 @@ static void test_conv2d_backward(df_dtype dt, int B, int C, int H, int W, int OC
     df_conv2d_out_size(&g, H, W, &OH, &OW);
     size_t nx = (size_t)B * C * H * W, nw = (size_t)OC * C * K * K, ny = (size_t)B * OC * OH * OW;
     float *x = rand_host(nx, 1.0f, dt), *w = rand_host(nw, 0.1f, dt), *dy = rand_host(ny, 1.0f, dt);
-    float *dx = rand_host(nx, 1.0f, dt), *dw = rand_host(nw, 1.0f, dt), *db = rand_host(OC, 1.0f, dt);
+    float *dx = rand_host(nx, PREFILL, dt), *dw = rand_host(nw, PREFILL, dt);
+    float *db = rand_host(OC, PREFILL, dt);
     void *gx = to_dev(x, nx, dt), *gw = to_dev(w, nw, dt), *gdy = to_dev(dy, ny, dt);
     void *gdx = to_dev(dx, nx, dt), *gdw = to_dev(dw, nw, dt), *gdb = to_dev(db, OC, dt);
     df_conv2d_backward_ref(dx, dw, db, dy, x, w, B, C, H, W, OC, &g);
@@ -444,12 +448,44 @@ static void test_conv2d_backward(df_dtype dt, int B, int C, int H, int W, int OC
     free(x), free(w), free(dy), free(dx), free(dw), free(db);
 }
 
+static void test_attention_backward(df_dtype dt, int B, int Tq, int Tk, int NH, int HS, int causal)
+{
+    size_t nq = (size_t)B * Tq * NH * HS, nk = (size_t)B * Tk * NH * HS;
+    float *q = rand_host(nq, 1.0f, dt), *k = rand_host(nk, 1.0f, dt), *v = rand_host(nk, 1.0f, dt);
+    float *dy = rand_host(nq, 1.0f, dt), *o = xmalloc(nq * sizeof(float));
+    float *dq = rand_host(nq, PREFILL, dt), *dk = rand_host(nk, PREFILL, dt);
+    float *dv = rand_host(nk, PREFILL, dt);
+    float scale = 1.0f / sqrtf((float)HS);
+    // the forward's output as the device would hold it (rounded to dt)
+    df_attention_forward_ref(o, q, k, v, B, Tq, Tk, NH, HS, scale, causal);
+    for (size_t i = 0; i < nq; i++)
+        o[i] = round_to(o[i], dt);
+    void *gq = to_dev(q, nq, dt), *gk = to_dev(k, nk, dt), *gv = to_dev(v, nk, dt);
+    void *gdy = to_dev(dy, nq, dt), *go = to_dev(o, nq, dt);
+    void *gdq = to_dev(dq, nq, dt), *gdk = to_dev(dk, nk, dt), *gdv = to_dev(dv, nk, dt);
+    df_attention_backward_ref(dq, dk, dv, dy, q, k, v, o, B, Tq, Tk, NH, HS, scale, causal);
+    double ms;
+    RUN1(ms, df_cuda_attention_backward(ctx, dt, gdq, gdk, gdv, gdy, gq, gk, gv, go, B, Tq, Tk, NH,
+                                        HS, scale, causal));
+    char what[96];
+    snprintf(what, sizeof what, "attention backward B%d %dx%d heads %dx%d%s dq", B, Tq, Tk, NH, HS,
+             causal ? " causal" : "");
+    compare(what, dt, gdq, dq, nq, TOL_BWD[di(dt)], ms);
+    compare("  ... dk", dt, gdk, dk, nk, TOL_BWD[di(dt)], ms);
+    compare("  ... dv", dt, gdv, dv, nk, TOL_BWD[di(dt)], ms);
+    void *vs[] = {gq, gk, gv, gdy, go, gdq, gdk, gdv};
+    for (int i = 0; i < 8; i++)
+        df_cuda_free(ctx, vs[i]);
+    free(q), free(k), free(v), free(dy), free(o), free(dq), free(dk), free(dv);
+}
+
 static void test_norm_backward(df_dtype dt, int group, int B, int C, int HW, int G)
 {
     // layer norm: B rows of C (HW, G unused)
     size_t n = group ? (size_t)B * C * HW : (size_t)B * C;
     float *x = rand_host(n, 2.0f, dt), *ga = rand_host(C, 1.0f, dt), *dy = rand_host(n, 1.0f, dt);
-    float *dx = rand_host(n, 1.0f, dt), *dg = rand_host(C, 1.0f, dt), *db = rand_host(C, 1.0f, dt);
+    float *dx = rand_host(n, PREFILL, dt), *dg = rand_host(C, PREFILL, dt);
+    float *db = rand_host(C, PREFILL, dt);
     void *gx = to_dev(x, n, dt), *gga = to_dev(ga, C, dt), *gdy = to_dev(dy, n, dt);
     void *gdx = to_dev(dx, n, dt), *gdg = to_dev(dg, C, dt), *gdb = to_dev(db, C, dt);
     double ms;
@@ -477,7 +513,7 @@ static void test_act_backward(df_dtype dt)
     size_t n = (size_t)320 * 1024 + 3;
     float *x = rand_host(n, 6.0f, dt), *dy = rand_host(n, 1.0f, dt);
     for (int act = 0; act < 2; act++) {
-        float *dx = rand_host(n, 1.0f, dt);
+        float *dx = rand_host(n, PREFILL, dt);
         void *gx = to_dev(x, n, dt), *gdy = to_dev(dy, n, dt), *gdx = to_dev(dx, n, dt);
         double ms;
         if (act == 0) {
@@ -496,7 +532,7 @@ static void test_act_backward(df_dtype dt)
     size_t ni = (size_t)N * 2 * C, no = (size_t)N * C;
     x = rand_host(ni, 3.0f, dt);
     dy = rand_host(no, 1.0f, dt);
-    float *dx = rand_host(ni, 1.0f, dt);
+    float *dx = rand_host(ni, PREFILL, dt);
     void *gx = to_dev(x, ni, dt), *gdy = to_dev(dy, no, dt), *gdx = to_dev(dx, ni, dt);
     df_geglu_backward_ref(dx, dy, x, N, C);
     double ms;
@@ -738,6 +774,11 @@ int main(void)
         test_linear_backward(dt, 1024, 320, 640);
         test_conv2d_backward(dt, 1, 64, 32, 32, 64, (df_conv2d_geom){3, 1, 1, 1, 1, 1});
         test_conv2d_backward(dt, 2, 32, 32, 32, 48, (df_conv2d_geom){3, 2, 0, 0, 1, 1});
+        test_attention_backward(dt, 1, 1024, 1024, 5, 64, 0);   // self-attention at 256 px
+        test_attention_backward(dt, 2, 1024, 77, 5, 64, 0);     // cross-attention
+        test_attention_backward(dt, 2, 77, 77, 16, 64, 1);      // CLIP, causal
+        test_attention_backward(dt, 1, 45, 70, 3, 72, 0);       // odd sizes
+        test_attention_backward(dt, 1, 70, 70, 2, 128, 1);      // head size 128, causal
         test_norm_backward(dt, 1, 2, 320, 1024, 32);
         test_norm_backward(dt, 0, 1024, 320, 0, 0);
         test_act_backward(dt);
