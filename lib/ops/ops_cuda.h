@@ -56,7 +56,10 @@ typedef struct df_cuda_ctx df_cuda_ctx;
  * device, so that tests can tell "no GPU" from a real failure. Always 0
  * without CUDA. */
 int df_cuda_device_count(void);
-/* Select GPU `gpu` and create its stream, cuBLAS and cuDNN handles. */
+/* Select GPU `gpu` (cudaSetDevice: it becomes the calling thread's
+ * device; another thread using the context must select it too) and create
+ * its stream, cuBLAS and cuDNN handles. A context is used by one thread at
+ * a time: its handles and scratch buffers are not locked. */
 df_status df_cuda_init(int gpu, df_cuda_ctx **ctx);
 void df_cuda_free_ctx(df_cuda_ctx *ctx);
 /* "NVIDIA H100 80GB HBM3 (sm_90, 79 GiB)" */
