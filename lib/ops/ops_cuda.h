@@ -31,7 +31,9 @@
  *   recorded by df_fail. Nothing here exits or aborts.
  * - fp32 is the reference mode: cuBLAS without TF32, cuDNN restricted to
  *   FMA math and to the algorithms that do not transform the data (no FFT
- *   or Winograd), so results match the CPU within the tests' 1e-5. */
+ *   or Winograd), so that results can match the CPU within the tests' 1e-5.
+ * - None of this has run on a GPU yet (README, "GPU"): it compiles, and the
+ *   tests say what it must do. */
 #ifndef DF_OPS_CUDA_H
 #define DF_OPS_CUDA_H
 
@@ -52,9 +54,8 @@ df_status df_compute_dtype_parse(const char *s, df_dtype *dt);
 
 typedef struct df_cuda_ctx df_cuda_ctx;
 
-/* Number of usable GPUs: 0 (and DF_OK) when there is no driver or no
- * device, so that tests can tell "no GPU" from a real failure. Always 0
- * without CUDA. */
+/* Number of usable GPUs; 0 when there is no driver or no device (not an
+ * error: tests skip then). Always 0 without CUDA. */
 int df_cuda_device_count(void);
 /* Select GPU `gpu` (cudaSetDevice: it becomes the calling thread's
  * device; another thread using the context must select it too) and create
