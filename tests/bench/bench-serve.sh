@@ -7,7 +7,8 @@
 # pipeline_seconds (inside df_pipeline_generate, the work df-sample does);
 # the difference is queueing, PNG encoding, base64 and HTTP. The second
 # request must cost what the first did: nothing is loaded again (the model
-# loads once, at start, in the warm-up the server reports). Prints figures,
+# loads once, at start, in the warm-up the server reports; the records'
+# stage_seconds would show a component loaded again in its stage). Prints figures,
 # asserts nothing. DF_BENCH_SERVE_THREADS (default: all cores),
 # DF_BENCH_SERVE_STEPS (20), DF_BENCH_SERVE_SIZE (512).
 set -u
@@ -55,6 +56,9 @@ for k, r in enumerate(gen, 1):
     print("request %d (%s steps, %s px, b64_json): %.3f s total, %.3f s in the pipeline, "
           "overhead %.3f s = %.3f%% of the compute" % (k, sys.argv[2], sys.argv[3], r["seconds"],
           r.get("pipeline_seconds", 0), over, 100 * over / max(r.get("pipeline_seconds", 0), 1e-9)))
+    st = r.get("stage_seconds")
+    if st:
+        print("    stages: text encoder %.3f s, UNet %.3f s, VAE %.3f s" % (st["text_encoder"], st["unet"], st["vae"]))
 if len(gen) == 2:
     print("second / first request pipeline time: %.3f (1 when nothing is loaded again)"
           % (gen[1]["pipeline_seconds"] / gen[0]["pipeline_seconds"]))

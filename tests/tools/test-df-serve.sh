@@ -155,7 +155,9 @@ for x in recs:
         fail("record without time/endpoint/status/seconds: %s" % x)
         break
 gen = [x for x in recs if x.get("endpoint") == "POST /v1/images/generations" and x["status"] == 200]
-check(len(gen) >= 10 and all("seed" in x and "pipeline_seconds" in x for x in gen),
+check(len(gen) >= 10 and all("seed" in x and "pipeline_seconds" in x and
+                             set(x.get("stage_seconds", {})) == {"text_encoder", "unet", "vae"}
+                             for x in gen),
       "generation records: %s" % gen[:2])
 
 # --- queue full, cancel (page API), interrupt (A1111)

@@ -95,6 +95,9 @@ typedef struct serve_job {
     char *error;                   /* when failed */
     int error_status;              /* HTTP status for a failure */
     double t_submit, t_start, t_end, pipeline_seconds;
+    /* Seconds in each pipeline stage (text encoder, unet, vae), summed over
+     * the runs: a component loaded again would show in its stage. */
+    double stage_seconds[3], t_stage;
     struct serve_job *next;        /* queue order */
 } serve_job;
 
@@ -155,6 +158,8 @@ typedef struct {
     bool has_seed;
     char *error;
     double pipeline_seconds;
+    double stage_seconds[3];       /* text encoder, unet, vae */
+    bool has_stages;
     int images;
 } serve_reply;
 

@@ -361,6 +361,8 @@ static void generate(const serve_request *rq, serve_reply *r, bool img2img)
     }
     queue_wait(j, rq->conn_fd);
     r->pipeline_seconds = j->pipeline_seconds;
+    memcpy(r->stage_seconds, j->stage_seconds, sizeof r->stage_seconds);
+    r->has_stages = true;
     /* An interrupted job answers with the images it made, as A1111 does. */
     if (j->state == JOB_FAILED) {
         reply_error(r, j->error_status ? j->error_status : 500, "%s",

@@ -187,6 +187,13 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
     if (r->pipeline_seconds > 0)
         df_rec_set_num(rec, "pipeline_seconds",
                        (double)(long long)(r->pipeline_seconds * 1e4 + 0.5) / 1e4);
+    if (r->has_stages) {
+        static const char *const names[] = {"text_encoder", "unet", "vae"};
+        json_t *st = json_object();
+        for (int k = 0; k < 3; k++)
+            df_rec_set_num(st, names[k], (double)(long long)(r->stage_seconds[k] * 1e4 + 0.5) / 1e4);
+        json_object_set_new(rec, "stage_seconds", st);
+    }
     if (r->has_seed)
         df_rec_set_int(rec, "seed", r->seed);
     if (r->images)

@@ -121,6 +121,8 @@ static void generations(const serve_request *rq, serve_reply *r)
     }
     queue_wait(j, rq->conn_fd);
     r->pipeline_seconds = j->pipeline_seconds;
+    memcpy(r->stage_seconds, j->stage_seconds, sizeof r->stage_seconds);
+    r->has_stages = true;
     if (j->state != JOB_DONE) {
         int status = j->state == JOB_CANCELLED ? 409 : j->error_status ? j->error_status : 500;
         reply_openai_error(r, status, NULL, "%s", j->error ? j->error : "failed");

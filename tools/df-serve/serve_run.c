@@ -47,10 +47,27 @@ json_t *serve_params_json(const serve_params *p)
     return o;
 }
 
+static int stage_index(const char *stage)
+{
+    return !stage ? -1 : !strcmp(stage, "text encoder") ? 0 : !strcmp(stage, "unet") ? 1
+         : !strcmp(stage, "vae") ? 2 : -1;
+}
+
+/* The time since the current stage began goes to it. */
+static void close_stage(serve_job *j)
+{
+    double now = df_now();
+    int k = stage_index(j->stage);
+    if (k >= 0)
+        j->stage_seconds[k] += now - j->t_stage;
+    j->t_stage = now;
+}
+
 static void on_stage(void *ctx, const char *stage)
 {
     serve_job *j = ctx;
     queue_lock();
+    close_stage(j);
     j->stage = stage;
     queue_unlock();
 }
@@ -277,6 +294,8 @@ static void run(serve_job *j)
         double secs = df_now() - t0;
         queue_lock();
         j->pipeline_seconds += secs;
+        close_stage(j);
+        j->stage = NULL;
         queue_unlock();
         if (st == DF_ERR_INTERRUPTED || (st != DF_OK && atomic_load(&j->stop))) {
             finish(j, JOB_CANCELLED, 409, "cancelled");
