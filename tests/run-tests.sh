@@ -59,7 +59,7 @@ if printf 'int LLVMFuzzerTestOneInput(const char *d, unsigned long n) { return 0
     "${FUZZ_CC:-clang}" -x c - -fsanitize=fuzzer,address,undefined -o "$logdir/fuzz-probe" >/dev/null 2>&1; then
     for src in tests/fuzz/fuzz_*.c; do
         n=$(basename "$src" .c); n=${n#fuzz_}
-        case $n in nn_config|lora) runs=3000 ;; tokenizer|image) runs=10000 ;; *) runs=20000 ;; esac
+        case $n in nn_config|lora|single_file) runs=3000 ;; tokenizer|image) runs=10000 ;; *) runs=20000 ;; esac
         mkdir -p "$logdir/corpus-$n"
         run_one "fuzz/$n" bash -c 'make -s --no-print-directory "build-fuzz/fuzz_$1" &&
             "build-fuzz/fuzz_$1" -runs="$2" -seed=1 -timeout=20 -artifact_prefix=build-fuzz/ \

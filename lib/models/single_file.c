@@ -150,20 +150,18 @@ static df_sf_kind skipped(df_sf_map *m, const char *why)
     return m->kind = DF_SF_SKIPPED;
 }
 
-static df_sf_kind map_unet(const char *s, const df_sf_layout *lay, df_sf_map *m)
+/* Each parser below tries its patterns in turn on the same string: every
+ * attempt starts again from s0 (TRY), so a pattern that matched a prefix
+ * and then failed leaves nothing consumed for the next one. */
+#define TRY(prefix) (s = s0, eat(&s, prefix))
+
+static df_sf_kind map_unet_blocks(const char *s0, const df_sf_layout *lay, df_sf_map *m)
 {
     const int L = lay->unet_layers_per_block;
     char sub[DF_SF_NAME_MAX];
+    const char *s;
     int n, k;
-    if (eat(&s, "time_embed.0.") && is_param(s))
-        return mapped(m, DF_SF_UNET, "time_embedding.linear_1.%s", s);
-    if (eat(&s, "time_embed.2.") && is_param(s))
-        return mapped(m, DF_SF_UNET, "time_embedding.linear_2.%s", s);
-    if (eat(&s, "out.0.") && is_param(s))
-        return mapped(m, DF_SF_UNET, "conv_norm_out.%s", s);
-    if (eat(&s, "out.2.") && is_param(s))
-        return mapped(m, DF_SF_UNET, "conv_out.%s", s);
-    if (eat(&s, "input_blocks.") && eat_index(&s, &n) && eat_index(&s, &k)) {
+    if (TRY("input_blocks.") && eat_index(&s, &n) && eat_index(&s, &k)) {
         if (n == 0)
             return k == 0 && is_param(s) ? mapped(m, DF_SF_UNET, "conv_in.%s", s) : DF_SF_UNKNOWN;
         int level = (n - 1) / (L + 1), r = (n - 1) % (L + 1);
@@ -177,7 +175,7 @@ static df_sf_kind map_unet(const char *s, const df_sf_layout *lay, df_sf_map *m)
             return mapped(m, DF_SF_UNET, "down_blocks.%d.attentions.%d.%s", level, r, sub);
         return DF_SF_UNKNOWN;
     }
-    if (eat(&s, "middle_block.") && eat_index(&s, &k)) {
+    if (TRY("middle_block.") && eat_index(&s, &k)) {
         if ((k == 0 || k == 2) &&
             swap(s, unet_resnet, N_OF(unet_resnet), true, false, sub, sizeof sub, NULL))
             return mapped(m, DF_SF_UNET, "mid_block.resnets.%d.%s", k / 2, sub);
@@ -185,12 +183,13 @@ static df_sf_kind map_unet(const char *s, const df_sf_layout *lay, df_sf_map *m)
             return mapped(m, DF_SF_UNET, "mid_block.attentions.0.%s", sub);
         return DF_SF_UNKNOWN;
     }
-    if (eat(&s, "output_blocks.") && eat_index(&s, &n) && eat_index(&s, &k)) {
+    if (TRY("output_blocks.") && eat_index(&s, &n) && eat_index(&s, &k)) {
         int level = n / (L + 1), r = n % (L + 1);
         if (k == 0 && swap(s, unet_resnet, N_OF(unet_resnet), true, false, sub, sizeof sub, NULL))
             return mapped(m, DF_SF_UNET, "up_blocks.%d.resnets.%d.%s", level, r, sub);
         /* The Upsample is the block's last module: .1, or .2 after an attention. */
-        if (k >= 1 && k <= 2 && r == L && eat(&s, "conv.") && is_param(s))
+        int up = level < 32 && (lay->unet_up_attention >> level & 1) ? 2 : 1;
+        if (k == up && r == L && eat(&s, "conv.") && is_param(s))
             return mapped(m, DF_SF_UNET, "up_blocks.%d.upsamplers.0.conv.%s", level, s);
         if (k == 1 && swap(s, unet_attn, N_OF(unet_attn), true, true, sub, sizeof sub, NULL))
             return mapped(m, DF_SF_UNET, "up_blocks.%d.attentions.%d.%s", level, r, sub);
@@ -198,77 +197,103 @@ static df_sf_kind map_unet(const char *s, const df_sf_layout *lay, df_sf_map *m)
     return DF_SF_UNKNOWN;
 }
 
+static df_sf_kind map_unet(const char *s0, const df_sf_layout *lay, df_sf_map *m)
+{
+    static const pair top[] = {
+        {"time_embed.0.", "time_embedding.linear_1."}, {"time_embed.2.", "time_embedding.linear_2."},
+        {"out.0.", "conv_norm_out."}, {"out.2.", "conv_out."},
+    };
+    char sub[DF_SF_NAME_MAX];
+    if (swap(s0, top, N_OF(top), true, false, sub, sizeof sub, NULL))
+        return mapped(m, DF_SF_UNET, "%s", sub);
+    return map_unet_blocks(s0, lay, m);
+}
+
 /* encoder./decoder. mid: block_1, attn_1, block_2. */
-static df_sf_kind map_vae_mid(const char *side, const char *s, df_sf_map *m)
+static df_sf_kind map_vae_mid(const char *side, const char *s0, df_sf_map *m)
 {
     char sub[DF_SF_NAME_MAX];
+    const char *s;
     int hit;
-    if (eat(&s, "block_1.") && swap(s, vae_resnet, N_OF(vae_resnet), true, false, sub, sizeof sub, NULL))
+    if (TRY("block_1.") && swap(s, vae_resnet, N_OF(vae_resnet), true, false, sub, sizeof sub, NULL))
         return mapped(m, DF_SF_VAE, "%s.mid_block.resnets.0.%s", side, sub);
-    if (eat(&s, "block_2.") && swap(s, vae_resnet, N_OF(vae_resnet), true, false, sub, sizeof sub, NULL))
+    if (TRY("block_2.") && swap(s, vae_resnet, N_OF(vae_resnet), true, false, sub, sizeof sub, NULL))
         return mapped(m, DF_SF_VAE, "%s.mid_block.resnets.1.%s", side, sub);
-    if (eat(&s, "attn_1.") && swap(s, vae_attn, N_OF(vae_attn), true, false, sub, sizeof sub, &hit)) {
+    if (TRY("attn_1.") && swap(s, vae_attn, N_OF(vae_attn), true, false, sub, sizeof sub, &hit)) {
         m->squeeze = hit > 0 && !strcmp(s + strlen(vae_attn[hit].file), "weight");
         return mapped(m, DF_SF_VAE, "%s.mid_block.attentions.0.%s", side, sub);
     }
     return DF_SF_UNKNOWN;
 }
 
-static df_sf_kind map_vae(const char *s, const df_sf_layout *lay, df_sf_map *m)
+/* After "encoder." or "decoder.". */
+static df_sf_kind map_vae_side(const char *side, const char *s0, const df_sf_layout *lay,
+                               df_sf_map *m)
 {
     char sub[DF_SF_NAME_MAX];
+    const char *s;
     int i, j;
-    const char *all = s;
-    if ((eat(&s, "quant_conv.") || eat(&s, "post_quant_conv.")) && is_param(s))
-        return mapped(m, DF_SF_VAE, "%s", all);
-    const char *side = eat(&s, "encoder.") ? "encoder" : eat(&s, "decoder.") ? "decoder" : NULL;
-    if (!side)
-        return DF_SF_UNKNOWN;
     bool enc = side[0] == 'e';
-    if ((eat(&s, "conv_in.") || eat(&s, "conv_out.")) && is_param(s))
-        return mapped(m, DF_SF_VAE, "%s", all);
-    if (eat(&s, "norm_out.") && is_param(s))
+    if (((TRY("conv_in.") && is_param(s)) || (TRY("conv_out.") && is_param(s))))
+        return mapped(m, DF_SF_VAE, "%s.%s", side, s0);
+    if (TRY("norm_out.") && is_param(s))
         return mapped(m, DF_SF_VAE, "%s.conv_norm_out.%s", side, s);
-    if (eat(&s, "mid."))
+    if (TRY("mid."))
         return map_vae_mid(side, s, m);
-    if (enc && eat(&s, "down.") && eat_index(&s, &i)) {
+    if (enc && TRY("down.") && eat_index(&s, &i)) {
+        const char *r = s;
         if (eat(&s, "block.") && eat_index(&s, &j) &&
             swap(s, vae_resnet, N_OF(vae_resnet), true, false, sub, sizeof sub, NULL))
             return mapped(m, DF_SF_VAE, "encoder.down_blocks.%d.resnets.%d.%s", i, j, sub);
+        s = r;
         if (eat(&s, "downsample.conv.") && is_param(s))
             return mapped(m, DF_SF_VAE, "encoder.down_blocks.%d.downsamplers.0.conv.%s", i, s);
         return DF_SF_UNKNOWN;
     }
-    if (!enc && eat(&s, "up.") && eat_index(&s, &i) && i < lay->vae_blocks) {
+    if (!enc && TRY("up.") && eat_index(&s, &i) && i < lay->vae_blocks) {
         int u = lay->vae_blocks - 1 - i;   /* up[i] is built from the lowest resolution */
+        const char *r = s;
         if (eat(&s, "block.") && eat_index(&s, &j) &&
             swap(s, vae_resnet, N_OF(vae_resnet), true, false, sub, sizeof sub, NULL))
             return mapped(m, DF_SF_VAE, "decoder.up_blocks.%d.resnets.%d.%s", u, j, sub);
+        s = r;
         if (eat(&s, "upsample.conv.") && is_param(s))
             return mapped(m, DF_SF_VAE, "decoder.up_blocks.%d.upsamplers.0.conv.%s", u, s);
     }
     return DF_SF_UNKNOWN;
 }
 
-static df_sf_kind map_openclip(const char *s, const df_sf_layout *lay, df_sf_map *m)
+static df_sf_kind map_vae(const char *s0, const df_sf_layout *lay, df_sf_map *m)
+{
+    const char *s;
+    if ((TRY("quant_conv.") && is_param(s)) || (TRY("post_quant_conv.") && is_param(s)))
+        return mapped(m, DF_SF_VAE, "%s", s0);
+    if (TRY("encoder."))
+        return map_vae_side("encoder", s, lay, m);
+    if (TRY("decoder."))
+        return map_vae_side("decoder", s, lay, m);
+    return DF_SF_UNKNOWN;
+}
+
+static df_sf_kind map_openclip(const char *s0, const df_sf_layout *lay, df_sf_map *m)
 {
     char sub[DF_SF_NAME_MAX];
+    const char *s;
     int i;
-    if (!strcmp(s, "token_embedding.weight"))
+    if (!strcmp(s0, "token_embedding.weight"))
         return mapped(m, DF_SF_TEXT, "text_model.embeddings.token_embedding.weight");
-    if (!strcmp(s, "positional_embedding"))
+    if (!strcmp(s0, "positional_embedding"))
         return mapped(m, DF_SF_TEXT, "text_model.embeddings.position_embedding.weight");
-    if (eat(&s, "ln_final.") && is_param(s))
+    if (TRY("ln_final.") && is_param(s))
         return mapped(m, DF_SF_TEXT, "text_model.final_layer_norm.%s", s);
-    if (!strcmp(s, "text_projection") || !strcmp(s, "logit_scale"))
+    if (!strcmp(s0, "text_projection") || !strcmp(s0, "logit_scale"))
         return skipped(m, "CLIP's contrastive head, unused by SD");
-    if (!eat(&s, "transformer.resblocks.") || !eat_index(&s, &i))
+    if (!TRY("transformer.resblocks.") || !eat_index(&s, &i))
         return DF_SF_UNKNOWN;
     if (i >= lay->text_layers)   /* SD 2.x takes the penultimate layer's output */
         return skipped(m, "text layer after the last one SD uses");
-    if (eat(&s, "attn.in_proj_")) {
-        if (!is_param(s))
-            return DF_SF_UNKNOWN;
+    const char *r = s;
+    if (eat(&s, "attn.in_proj_") && is_param(s)) {
         static const char qkv[3] = {'q', 'k', 'v'};
         for (int p = 0; p < 3; p++)
             if (!setf(m->names[p], sizeof m->names[p],
@@ -278,7 +303,7 @@ static df_sf_kind map_openclip(const char *s, const df_sf_layout *lay, df_sf_map
         m->n = 3;
         return m->kind = DF_SF_MAPPED;
     }
-    if (swap(s, text_layer, N_OF(text_layer), true, false, sub, sizeof sub, NULL))
+    if (swap(r, text_layer, N_OF(text_layer), true, false, sub, sizeof sub, NULL))
         return mapped(m, DF_SF_TEXT, "text_model.encoder.layers.%d.%s", i, sub);
     return DF_SF_UNKNOWN;
 }
@@ -286,14 +311,18 @@ static df_sf_kind map_openclip(const char *s, const df_sf_layout *lay, df_sf_map
 df_sf_kind df_sf_map_name(const char *name, const df_sf_layout *lay, df_sf_map *m)
 {
     memset(m, 0, sizeof *m);
-    const char *s = name;
-    if (eat(&s, UNET_P))
+    /* No real key comes near this (the longest SD 2.x one has 84 bytes); the
+     * bound keeps both directions of the mapping within DF_SF_NAME_MAX. */
+    if (strlen(name) > DF_SF_NAME_MAX - 64)
+        return DF_SF_UNKNOWN;
+    const char *s0 = name, *s;
+    if (TRY(UNET_P))
         return map_unet(s, lay, m);
-    if (eat(&s, VAE_P))
+    if (TRY(VAE_P))
         return map_vae(s, lay, m);
-    if (eat(&s, CLIP_P))
+    if (TRY(CLIP_P))
         return map_openclip(s, lay, m);
-    if (eat(&s, HFCLIP_P)) {   /* a transformers CLIPTextModel saved inside the file */
+    if (TRY(HFCLIP_P)) {   /* a transformers CLIPTextModel saved inside the file */
         const char *t = s;
         int i;
         if (!strcmp(s, "text_model.embeddings.position_ids"))
@@ -302,7 +331,7 @@ df_sf_kind df_sf_map_name(const char *name, const df_sf_layout *lay, df_sf_map *
             return skipped(m, "text layer after the last one SD uses");
         return strncmp(s, "text_model.", 11) ? DF_SF_UNKNOWN : mapped(m, DF_SF_TEXT, "%s", s);
     }
-    if (eat(&s, "model_ema."))
+    if (TRY("model_ema."))
         return skipped(m, "EMA copy of the UNet (the file's main weights are used)");
     for (size_t i = 0; i < N_OF(schedule_buffers); i++)
         if (!strcmp(name, schedule_buffers[i]))
@@ -312,104 +341,119 @@ df_sf_kind df_sf_map_name(const char *name, const df_sf_layout *lay, df_sf_map *
 
 /* ---- diffusers -> file ---- */
 
-static bool inv_unet(const char *s, const df_sf_layout *lay, char *buf, size_t cap)
+/* down_blocks.l. / up_blocks.l. (s0 after the index). */
+static bool inv_unet_block(bool down, int l, const char *s0, const df_sf_layout *lay, char *buf,
+                           size_t cap)
 {
     const int L = lay->unet_layers_per_block;
     char sub[DF_SF_NAME_MAX];
-    int l, r;
-    if (eat(&s, "time_embedding.linear_1.") && is_param(s))
-        return setf(buf, cap, UNET_P "time_embed.0.%s", s);
-    if (eat(&s, "time_embedding.linear_2.") && is_param(s))
-        return setf(buf, cap, UNET_P "time_embed.2.%s", s);
-    if (eat(&s, "conv_in.") && is_param(s))
-        return setf(buf, cap, UNET_P "input_blocks.0.0.%s", s);
-    if (eat(&s, "conv_norm_out.") && is_param(s))
-        return setf(buf, cap, UNET_P "out.0.%s", s);
-    if (eat(&s, "conv_out.") && is_param(s))
-        return setf(buf, cap, UNET_P "out.2.%s", s);
-    if (eat(&s, "mid_block.")) {
-        if (eat(&s, "resnets.") && eat_index(&s, &r) && r < 2 &&
-            swap(s, unet_resnet, N_OF(unet_resnet), false, false, sub, sizeof sub, NULL))
-            return setf(buf, cap, UNET_P "middle_block.%d.%s", 2 * r, sub);
-        if (eat(&s, "attentions.0.") &&
-            swap(s, unet_attn, N_OF(unet_attn), false, true, sub, sizeof sub, NULL))
-            return setf(buf, cap, UNET_P "middle_block.1.%s", sub);
-        return false;
-    }
-    bool down = eat(&s, "down_blocks.");
-    if (!down && !eat(&s, "up_blocks."))
-        return false;
-    if (!eat_index(&s, &l))
-        return false;
+    const char *s;
+    int r;
     int base = down ? 1 + l * (L + 1) : l * (L + 1);
     const char *blocks = down ? "input_blocks" : "output_blocks";
-    if (eat(&s, "resnets.") && eat_index(&s, &r) && r <= L - down &&
+    if (TRY("resnets.") && eat_index(&s, &r) && r <= L - down &&
         swap(s, unet_resnet, N_OF(unet_resnet), false, false, sub, sizeof sub, NULL))
         return setf(buf, cap, UNET_P "%s.%d.0.%s", blocks, base + r, sub);
-    if (eat(&s, "attentions.") && eat_index(&s, &r) && r <= L - down &&
+    if (TRY("attentions.") && eat_index(&s, &r) && r <= L - down &&
         swap(s, unet_attn, N_OF(unet_attn), false, true, sub, sizeof sub, NULL))
         return setf(buf, cap, UNET_P "%s.%d.1.%s", blocks, base + r, sub);
-    if (down && eat(&s, "downsamplers.0.conv.") && is_param(s))
+    if (down && TRY("downsamplers.0.conv.") && is_param(s))
         return setf(buf, cap, UNET_P "input_blocks.%d.0.op.%s", base + L, s);
-    if (!down && eat(&s, "upsamplers.0.conv.") && is_param(s) && l < 32)
+    if (!down && TRY("upsamplers.0.conv.") && is_param(s) && l < 32)
         return setf(buf, cap, UNET_P "output_blocks.%d.%d.conv.%s", base + L,
                     (lay->unet_up_attention >> l & 1) ? 2 : 1, s);
     return false;
 }
 
-static bool inv_vae(const char *s, const df_sf_layout *lay, char *buf, size_t cap)
+static bool inv_unet(const char *s0, const df_sf_layout *lay, char *buf, size_t cap)
+{
+    static const pair top[] = {
+        {"time_embed.0.", "time_embedding.linear_1."}, {"time_embed.2.", "time_embedding.linear_2."},
+        {"input_blocks.0.0.", "conv_in."}, {"out.0.", "conv_norm_out."}, {"out.2.", "conv_out."},
+    };
+    char sub[DF_SF_NAME_MAX];
+    const char *s;
+    int l, r;
+    if (swap(s0, top, N_OF(top), false, false, sub, sizeof sub, NULL))
+        return setf(buf, cap, UNET_P "%s", sub);
+    if (TRY("mid_block.resnets.") && eat_index(&s, &r) && r < 2 &&
+        swap(s, unet_resnet, N_OF(unet_resnet), false, false, sub, sizeof sub, NULL))
+        return setf(buf, cap, UNET_P "middle_block.%d.%s", 2 * r, sub);
+    if (TRY("mid_block.attentions.0.") &&
+        swap(s, unet_attn, N_OF(unet_attn), false, true, sub, sizeof sub, NULL))
+        return setf(buf, cap, UNET_P "middle_block.1.%s", sub);
+    if (TRY("down_blocks.") && eat_index(&s, &l))
+        return inv_unet_block(true, l, s, lay, buf, cap);
+    if (TRY("up_blocks.") && eat_index(&s, &l))
+        return inv_unet_block(false, l, s, lay, buf, cap);
+    return false;
+}
+
+/* After "encoder." or "decoder.". */
+static bool inv_vae_side(const char *side, const char *s0, const df_sf_layout *lay, char *buf,
+                         size_t cap)
 {
     char sub[DF_SF_NAME_MAX];
+    const char *s;
     int i, j;
-    const char *all = s;
-    if ((eat(&s, "quant_conv.") || eat(&s, "post_quant_conv.")) && is_param(s))
-        return setf(buf, cap, VAE_P "%s", all);
-    const char *side = eat(&s, "encoder.") ? "encoder" : eat(&s, "decoder.") ? "decoder" : NULL;
-    if (!side)
-        return false;
-    if ((eat(&s, "conv_in.") || eat(&s, "conv_out.")) && is_param(s))
-        return setf(buf, cap, VAE_P "%s", all);
-    if (eat(&s, "conv_norm_out.") && is_param(s))
+    bool enc = side[0] == 'e';
+    if ((TRY("conv_in.") && is_param(s)) || (TRY("conv_out.") && is_param(s)))
+        return setf(buf, cap, VAE_P "%s.%s", side, s0);
+    if (TRY("conv_norm_out.") && is_param(s))
         return setf(buf, cap, VAE_P "%s.norm_out.%s", side, s);
-    if (eat(&s, "mid_block.")) {
-        if (eat(&s, "resnets.") && eat_index(&s, &j) && j < 2 &&
-            swap(s, vae_resnet, N_OF(vae_resnet), false, false, sub, sizeof sub, NULL))
-            return setf(buf, cap, VAE_P "%s.mid.block_%d.%s", side, j + 1, sub);
-        if (eat(&s, "attentions.0.") &&
-            swap(s, vae_attn, N_OF(vae_attn), false, false, sub, sizeof sub, NULL))
-            return setf(buf, cap, VAE_P "%s.mid.attn_1.%s", side, sub);
-        return false;
-    }
-    if (side[0] == 'e' && eat(&s, "down_blocks.") && eat_index(&s, &i)) {
+    if (TRY("mid_block.resnets.") && eat_index(&s, &j) && j < 2 &&
+        swap(s, vae_resnet, N_OF(vae_resnet), false, false, sub, sizeof sub, NULL))
+        return setf(buf, cap, VAE_P "%s.mid.block_%d.%s", side, j + 1, sub);
+    if (TRY("mid_block.attentions.0.") &&
+        swap(s, vae_attn, N_OF(vae_attn), false, false, sub, sizeof sub, NULL))
+        return setf(buf, cap, VAE_P "%s.mid.attn_1.%s", side, sub);
+    if (enc && TRY("down_blocks.") && eat_index(&s, &i)) {
+        const char *r = s;
         if (eat(&s, "resnets.") && eat_index(&s, &j) &&
             swap(s, vae_resnet, N_OF(vae_resnet), false, false, sub, sizeof sub, NULL))
             return setf(buf, cap, VAE_P "encoder.down.%d.block.%d.%s", i, j, sub);
+        s = r;
         if (eat(&s, "downsamplers.0.conv.") && is_param(s))
             return setf(buf, cap, VAE_P "encoder.down.%d.downsample.conv.%s", i, s);
         return false;
     }
-    if (side[0] == 'd' && eat(&s, "up_blocks.") && eat_index(&s, &i) && i < lay->vae_blocks) {
+    if (!enc && TRY("up_blocks.") && eat_index(&s, &i) && i < lay->vae_blocks) {
         int u = lay->vae_blocks - 1 - i;
+        const char *r = s;
         if (eat(&s, "resnets.") && eat_index(&s, &j) &&
             swap(s, vae_resnet, N_OF(vae_resnet), false, false, sub, sizeof sub, NULL))
             return setf(buf, cap, VAE_P "decoder.up.%d.block.%d.%s", u, j, sub);
+        s = r;
         if (eat(&s, "upsamplers.0.conv.") && is_param(s))
             return setf(buf, cap, VAE_P "decoder.up.%d.upsample.conv.%s", u, s);
     }
     return false;
 }
 
-static bool inv_text(const char *s, char *buf, size_t cap, int *part)
+static bool inv_vae(const char *s0, const df_sf_layout *lay, char *buf, size_t cap)
+{
+    const char *s;
+    if ((TRY("quant_conv.") && is_param(s)) || (TRY("post_quant_conv.") && is_param(s)))
+        return setf(buf, cap, VAE_P "%s", s0);
+    if (TRY("encoder."))
+        return inv_vae_side("encoder", s, lay, buf, cap);
+    if (TRY("decoder."))
+        return inv_vae_side("decoder", s, lay, buf, cap);
+    return false;
+}
+
+static bool inv_text(const char *s0, char *buf, size_t cap, int *part)
 {
     char sub[DF_SF_NAME_MAX];
+    const char *s;
     int i;
-    if (!strcmp(s, "text_model.embeddings.token_embedding.weight"))
+    if (!strcmp(s0, "text_model.embeddings.token_embedding.weight"))
         return setf(buf, cap, CLIP_P "token_embedding.weight");
-    if (!strcmp(s, "text_model.embeddings.position_embedding.weight"))
+    if (!strcmp(s0, "text_model.embeddings.position_embedding.weight"))
         return setf(buf, cap, CLIP_P "positional_embedding");
-    if (eat(&s, "text_model.final_layer_norm.") && is_param(s))
+    if (TRY("text_model.final_layer_norm.") && is_param(s))
         return setf(buf, cap, CLIP_P "ln_final.%s", s);
-    if (!eat(&s, "text_model.encoder.layers.") || !eat_index(&s, &i))
+    if (!TRY("text_model.encoder.layers.") || !eat_index(&s, &i))
         return false;
     static const char *const qkv[3] = {"self_attn.q_proj.", "self_attn.k_proj.",
                                        "self_attn.v_proj."};
@@ -424,6 +468,8 @@ static bool inv_text(const char *s, char *buf, size_t cap, int *part)
         return setf(buf, cap, CLIP_P "transformer.resblocks.%d.%s", i, sub);
     return false;
 }
+
+#undef TRY
 
 bool df_sf_file_name(df_sf_component c, const char *name, const df_sf_layout *lay, char *buf,
                      size_t cap, int *part)

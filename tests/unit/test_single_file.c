@@ -156,6 +156,11 @@ static void test_real_names(void)
           DF_SF_UNKNOWN);
     CHECK(df_sf_map_name("first_stage_model.decoder.up.4.block.0.conv1.weight", &real, &m) ==
           DF_SF_UNKNOWN);
+    /* the upsampler sits after the attention only where there is one */
+    CHECK(df_sf_map_name("model.diffusion_model.output_blocks.2.2.conv.weight", &real, &m) ==
+          DF_SF_UNKNOWN);
+    CHECK(df_sf_map_name("model.diffusion_model.output_blocks.5.1.conv.weight", &real, &m) ==
+          DF_SF_UNKNOWN);
 }
 
 /* ---- the fixture as one file ---- */
