@@ -1,8 +1,10 @@
-/* ops_activation.cu - SiLU, GELU (exact erf form), GEGLU and row softmax:
- * df_cuda_{silu,gelu,geglu,softmax}_forward and df_cuda_{silu,gelu,geglu}_
- * backward, whose references are the df_<op>_forward_ref of
- * lib/ops/ops_ref.c and the df_<op>_backward_ref of
- * lib/ops/ops_backward_ref.c. Tested by tests/unit/test_cuda_ops.c.
+/* ops_activation.cu - SiLU, GELU (exact erf form), GEGLU, row softmax and
+ * CLIP's quick_gelu: df_cuda_{silu,gelu,geglu,softmax}_forward and
+ * df_cuda_{silu,gelu,geglu}_backward, whose references are the
+ * df_<op>_forward_ref of lib/ops/ops_ref.c and the df_<op>_backward_ref of
+ * lib/ops/ops_backward_ref.c; df_cuda_quick_gelu_forward (reference:
+ * quick_gelu in lib/models/clip.c) and _backward (df_quick_gelu_backward,
+ * lib/ops/ops_backward.c). Tested by tests/unit/test_cuda_ops.c.
  *
  * Memory-bound elementwise kernels with grid-stride loops; math in fp32
  * with the accurate expf/erff (no fast math: the fp32 tests ask 1e-5). */
@@ -32,14 +34,35 @@ __device__ __forceinline__ float gelu_grad(float x)
            x * expf(-0.5f * x * x) * 0.39894228040143267794f;
 }
 
-enum { ACT_SILU, ACT_GELU };
+/* CLIP's quick_gelu, x sigmoid(1.702 x), and its derivative
+ * s + 1.702 x s (1 - s), s = sigmoid(1.702 x), in the CPU's form. */
+__device__ __forceinline__ float quick_gelu1(float x)
+{
+    return x * (1.0f / (1.0f + expf(-1.702f * x)));
+}
+__device__ __forceinline__ float quick_gelu_grad(float x)
+{
+    float s = 1.0f / (1.0f + expf(-1.702f * x));
+    return s + 1.702f * x * s * (1.0f - s);
+}
+
+enum { ACT_SILU, ACT_GELU, ACT_QUICK_GELU };
+
+__device__ __forceinline__ float act1(int act, float x)
+{
+    return act == ACT_SILU ? silu1(x) : act == ACT_GELU ? gelu1(x) : quick_gelu1(x);
+}
+__device__ __forceinline__ float act_grad(int act, float x)
+{
+    return act == ACT_SILU ? silu_grad(x) : act == ACT_GELU ? gelu_grad(x) : quick_gelu_grad(x);
+}
 
 template <typename T>
 __global__ void act_kernel(T *out, const T *inp, size_t n, int act)
 {
     GRID_STRIDE(i, n) {
         float x = df_ld(inp[i]);
-        out[i] = df_st<T>(act == ACT_SILU ? silu1(x) : gelu1(x));
+        out[i] = df_st<T>(act1(act, x));
     }
 }
 
@@ -47,7 +70,7 @@ template <typename T>
 __global__ void act_bwd_kernel(T *dinp, const T *dout, const T *inp, size_t n, int act)
 {
     GRID_STRIDE(i, n) {
-        float x = df_ld(inp[i]), g = act == ACT_SILU ? silu_grad(x) : gelu_grad(x);
+        float x = df_ld(inp[i]), g = act_grad(act, x);
         dinp[i] = df_st<T>(df_ld(dinp[i]) + df_ld(dout[i]) * g);
     }
 }
@@ -158,6 +181,13 @@ extern "C" df_status df_cuda_gelu_forward(df_cuda_ctx *c, df_dtype dt, void *out
     return n ? DF_DISPATCH(dt, act, c, out, inp, n, (int)ACT_GELU) : DF_OK;
 }
 
+extern "C" df_status df_cuda_quick_gelu_forward(df_cuda_ctx *c, df_dtype dt, void *out,
+                                                const void *inp, size_t n)
+{
+    DF_CUDA_ENTER(c, dt, "df_cuda_quick_gelu_forward");
+    return n ? DF_DISPATCH(dt, act, c, out, inp, n, (int)ACT_QUICK_GELU) : DF_OK;
+}
+
 extern "C" df_status df_cuda_geglu_forward(df_cuda_ctx *c, df_dtype dt, void *out, const void *inp,
                                            int N, int C)
 {
@@ -188,6 +218,13 @@ extern "C" df_status df_cuda_gelu_backward(df_cuda_ctx *c, df_dtype dt, void *di
 {
     DF_CUDA_ENTER(c, dt, "df_cuda_gelu_backward");
     return n ? DF_DISPATCH(dt, act_bwd, c, dinp, dout, inp, n, (int)ACT_GELU) : DF_OK;
+}
+
+extern "C" df_status df_cuda_quick_gelu_backward(df_cuda_ctx *c, df_dtype dt, void *dinp,
+                                                 const void *dout, const void *inp, size_t n)
+{
+    DF_CUDA_ENTER(c, dt, "df_cuda_quick_gelu_backward");
+    return n ? DF_DISPATCH(dt, act_bwd, c, dinp, dout, inp, n, (int)ACT_QUICK_GELU) : DF_OK;
 }
 
 extern "C" df_status df_cuda_geglu_backward(df_cuda_ctx *c, df_dtype dt, void *dinp,

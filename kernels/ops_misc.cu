@@ -1,7 +1,8 @@
 /* ops_misc.cu - the small ops of ops.h: timestep embedding, nearest
- * upsampling, add, scale, per-channel bias and channel concatenation.
- * References: df_timestep_embedding, df_upsample_nearest_forward and
- * df_concat_channels (lib/ops/ops_ref.c), df_add_forward, df_scale_forward
+ * upsampling (forward and backward), add, scale, per-channel bias and
+ * channel concatenation. References: df_timestep_embedding,
+ * df_upsample_nearest_forward and df_concat_channels (lib/ops/ops_ref.c),
+ * df_upsample_nearest_backward (lib/ops/ops_backward_ref.c), df_add_forward, df_scale_forward
  * and df_add_channel_bias (lib/ops/ops.c, single versions). Tested by
  * tests/unit/test_cuda_ops.c.
  *
@@ -46,6 +47,28 @@ __global__ void upsample_kernel(T *out, const T *inp, size_t BC, int H, int W, i
         size_t bc = i / ((size_t)OW * OH);
         int ih = (int)((long long)oh * H / OH), iw = (int)((long long)ow * W / OW);
         out[i] = inp[(bc * H + ih) * W + iw];
+    }
+}
+
+// dinp (B,C,H,W) += the sum of dout (B,C,OH,OW) over the output pixels copied
+// from each input pixel: rows oh with floor(oh*H/OH) == ih, i.e. from
+// ceil(ih*OH/H) up to ceil((ih+1)*OH/H), likewise columns; gathered per
+// input pixel in a fixed order (deterministic, no atomics)
+template <typename T>
+__global__ void upsample_bwd_kernel(T *dinp, const T *dout, size_t BC, int H, int W, int OH, int OW)
+{
+    GRID_STRIDE(i, BC * H * W) {
+        int iw = (int)(i % W), ih = (int)(i / W % H);
+        size_t bc = i / ((size_t)W * H);
+        int oh0 = (int)(((long long)ih * OH + H - 1) / H);
+        int oh1 = (int)(((long long)(ih + 1) * OH + H - 1) / H);
+        int ow0 = (int)(((long long)iw * OW + W - 1) / W);
+        int ow1 = (int)(((long long)(iw + 1) * OW + W - 1) / W);
+        float acc = 0.0f;
+        for (int oh = oh0; oh < oh1; oh++)
+            for (int ow = ow0; ow < ow1; ow++)
+                acc += df_ld(dout[(bc * OH + oh) * OW + ow]);
+        dinp[i] = df_st<T>(df_ld(dinp[i]) + acc);
     }
 }
 
@@ -104,6 +127,16 @@ static df_status upsample(df_cuda_ctx *c, void *out, const void *inp, size_t BC,
 }
 
 template <typename T>
+static df_status upsample_bwd(df_cuda_ctx *c, void *dinp, const void *dout, size_t BC, int H, int W,
+                              int OH, int OW)
+{
+    upsample_bwd_kernel<<<df_cuda_blocks(BC * H * W, 256), 256, 0, c->stream>>>(
+        (T *)dinp, (const T *)dout, BC, H, W, OH, OW);
+    DF_CU_LAUNCHED();
+    return DF_OK;
+}
+
+template <typename T>
 static df_status axpby(df_cuda_ctx *c, void *out, const void *a, float sa, const void *b, float sb,
                        size_t n)
 {
@@ -157,6 +190,16 @@ extern "C" df_status df_cuda_upsample_nearest_forward(df_cuda_ctx *c, df_dtype d
     if (B <= 0 || C <= 0 || H <= 0 || W <= 0 || OH <= 0 || OW <= 0)
         return df_fail(DF_ERR_ARG, "df_cuda_upsample_nearest_forward: bad shape");
     return DF_DISPATCH(dt, upsample, c, out, inp, (size_t)B * C, H, W, OH, OW);
+}
+
+extern "C" df_status df_cuda_upsample_nearest_backward(df_cuda_ctx *c, df_dtype dt, void *dinp,
+                                                       const void *dout, int B, int C, int H,
+                                                       int W, int OH, int OW)
+{
+    DF_CUDA_ENTER(c, dt, "df_cuda_upsample_nearest_backward");
+    if (B <= 0 || C <= 0 || H <= 0 || W <= 0 || OH <= 0 || OW <= 0)
+        return df_fail(DF_ERR_ARG, "df_cuda_upsample_nearest_backward: bad shape");
+    return DF_DISPATCH(dt, upsample_bwd, c, dinp, dout, (size_t)B * C, H, W, OH, OW);
 }
 
 extern "C" df_status df_cuda_add_forward(df_cuda_ctx *c, df_dtype dt, void *out, const void *a,

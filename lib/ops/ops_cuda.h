@@ -122,6 +122,9 @@ df_status df_cuda_silu_forward(df_cuda_ctx *ctx, df_dtype dt, void *out, const v
                                size_t n);
 df_status df_cuda_gelu_forward(df_cuda_ctx *ctx, df_dtype dt, void *out, const void *inp,
                                size_t n);
+/* CLIP's quick_gelu, x sigmoid(1.702 x) (SD 1.x's text encoder). */
+df_status df_cuda_quick_gelu_forward(df_cuda_ctx *ctx, df_dtype dt, void *out, const void *inp,
+                                     size_t n);
 df_status df_cuda_geglu_forward(df_cuda_ctx *ctx, df_dtype dt, void *out, const void *inp, int N,
                                 int C);
 df_status df_cuda_softmax_forward(df_cuda_ctx *ctx, df_dtype dt, void *out, const void *inp,
@@ -169,8 +172,13 @@ df_status df_cuda_silu_backward(df_cuda_ctx *ctx, df_dtype dt, void *dinp, const
                                 const void *inp, size_t n);
 df_status df_cuda_gelu_backward(df_cuda_ctx *ctx, df_dtype dt, void *dinp, const void *dout,
                                 const void *inp, size_t n);
+df_status df_cuda_quick_gelu_backward(df_cuda_ctx *ctx, df_dtype dt, void *dinp, const void *dout,
+                                      const void *inp, size_t n);
 df_status df_cuda_geglu_backward(df_cuda_ctx *ctx, df_dtype dt, void *dinp, const void *dout,
                                  const void *inp, int N, int C);
+df_status df_cuda_upsample_nearest_backward(df_cuda_ctx *ctx, df_dtype dt, void *dinp,
+                                            const void *dout, int B, int C, int H, int W, int OH,
+                                            int OW);
 df_status df_cuda_layernorm_backward(df_cuda_ctx *ctx, df_dtype dt, void *dinp, void *dgamma,
                                      void *dbeta, const void *dout, const void *inp,
                                      const void *gamma, int N, int C, float eps);

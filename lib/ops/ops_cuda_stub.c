@@ -82,6 +82,9 @@ df_status df_cuda_silu_forward(df_cuda_ctx *ctx, df_dtype dt, void *out, const v
 { NO_CUDA; }
 df_status df_cuda_gelu_forward(df_cuda_ctx *ctx, df_dtype dt, void *out, const void *inp, size_t n)
 { NO_CUDA; }
+df_status df_cuda_quick_gelu_forward(df_cuda_ctx *ctx, df_dtype dt, void *out, const void *inp,
+                                     size_t n)
+{ NO_CUDA; }
 df_status df_cuda_geglu_forward(df_cuda_ctx *ctx, df_dtype dt, void *out, const void *inp, int N,
                                 int C)
 { NO_CUDA; }
@@ -132,6 +135,13 @@ df_status df_cuda_silu_backward(df_cuda_ctx *ctx, df_dtype dt, void *dinp, const
 { NO_CUDA; }
 df_status df_cuda_gelu_backward(df_cuda_ctx *ctx, df_dtype dt, void *dinp, const void *dout,
                                 const void *inp, size_t n)
+{ NO_CUDA; }
+df_status df_cuda_quick_gelu_backward(df_cuda_ctx *ctx, df_dtype dt, void *dinp, const void *dout,
+                                      const void *inp, size_t n)
+{ NO_CUDA; }
+df_status df_cuda_upsample_nearest_backward(df_cuda_ctx *ctx, df_dtype dt, void *dinp,
+                                            const void *dout, int B, int C, int H, int W, int OH,
+                                            int OW)
 { NO_CUDA; }
 df_status df_cuda_geglu_backward(df_cuda_ctx *ctx, df_dtype dt, void *dinp, const void *dout,
                                  const void *inp, int N, int C)

@@ -255,6 +255,13 @@ df_status df_cuda_layernorm_forward(df_cuda_ctx *c, df_dtype dt, void *o, const 
 UNARY(df_cuda_silu_forward, df_silu_forward)
 UNARY(df_cuda_gelu_forward, df_gelu_forward)
 
+static void quick_gelu(float *o, const float *x, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        o[i] = x[i] * (1.0f / (1.0f + expf(-1.702f * x[i])));
+}
+UNARY(df_cuda_quick_gelu_forward, quick_gelu)
+
 df_status df_cuda_geglu_forward(df_cuda_ctx *c, df_dtype dt, void *o, const void *x, int N, int C)
 {
     ENTER(dt);
@@ -413,6 +420,19 @@ df_status df_cuda_attention_backward(df_cuda_ctx *c, df_dtype dt, void *dq, void
       cpu(fdx, fdy, fx, n); out(dx, dt, fdx, n); free(fdy), free(fx); return DF_OK; }
 ACT_BWD(df_cuda_silu_backward, df_silu_backward)
 ACT_BWD(df_cuda_gelu_backward, df_gelu_backward)
+ACT_BWD(df_cuda_quick_gelu_backward, df_quick_gelu_backward)
+
+df_status df_cuda_upsample_nearest_backward(df_cuda_ctx *c, df_dtype dt, void *dx, const void *dy,
+                                            int B, int C, int H, int W, int OH, int OW)
+{
+    ENTER(dt);
+    size_t nx = (size_t)B * C * H * W, ny = (size_t)B * C * OH * OW;
+    float *fdx = in(dx, dt, nx), *fdy = in(dy, dt, ny);
+    df_upsample_nearest_backward(fdx, fdy, B, C, H, W, OH, OW);
+    out(dx, dt, fdx, nx);
+    free(fdy);
+    return DF_OK;
+}
 
 df_status df_cuda_geglu_backward(df_cuda_ctx *c, df_dtype dt, void *dx, const void *dy,
                                  const void *x, int N, int C)

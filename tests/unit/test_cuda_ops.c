@@ -315,6 +315,10 @@ static void test_elementwise(df_dtype dt)
     df_gelu_forward_ref(ref, x, n);
     RUN(ms, df_cuda_gelu_forward(ctx, dt, dy, dx, n));
     compare("gelu 320x4096+7", dt, dy, ref, n, TOL_ELT[di(dt)], ms);
+    for (size_t i = 0; i < n; i++)   // quick_gelu of lib/models/clip.c (static there)
+        ref[i] = x[i] * (1.0f / (1.0f + expf(-1.702f * x[i])));
+    RUN(ms, df_cuda_quick_gelu_forward(ctx, dt, dy, dx, n));
+    compare("quick_gelu 320x4096+7", dt, dy, ref, n, TOL_ELT[di(dt)], ms);
     df_add_forward(ref, x, y, n);
     RUN(ms, df_cuda_add_forward(ctx, dt, dy, dx, dy2, n));
     compare("add", dt, dy, ref, n, TOL_ELT[di(dt)], ms);
@@ -479,6 +483,21 @@ static void test_attention_backward(df_dtype dt, int B, int Tq, int Tk, int NH, 
     free(q), free(k), free(v), free(dy), free(o), free(dq), free(dk), free(dv);
 }
 
+static void test_upsample_backward(df_dtype dt, int B, int C, int H, int W, int OH, int OW)
+{
+    size_t nx = (size_t)B * C * H * W, ny = (size_t)B * C * OH * OW;
+    float *dy = rand_host(ny, 1.0f, dt), *dx = rand_host(nx, PREFILL, dt);
+    void *gdy = to_dev(dy, ny, dt), *gdx = to_dev(dx, nx, dt);
+    df_upsample_nearest_backward(dx, dy, B, C, H, W, OH, OW);
+    double ms;
+    RUN1(ms, df_cuda_upsample_nearest_backward(ctx, dt, gdx, gdy, B, C, H, W, OH, OW));
+    char what[96];
+    snprintf(what, sizeof what, "upsample backward %dx%d -> %dx%d", H, W, OH, OW);
+    compare(what, dt, gdx, dx, nx, TOL_BWD[di(dt)], ms);
+    df_cuda_free(ctx, gdy), df_cuda_free(ctx, gdx);
+    free(dy), free(dx);
+}
+
 static void test_norm_backward(df_dtype dt, int group, int B, int C, int HW, int G)
 {
     // layer norm: B rows of C (HW, G unused)
@@ -512,18 +531,22 @@ static void test_act_backward(df_dtype dt)
 {
     size_t n = (size_t)320 * 1024 + 3;
     float *x = rand_host(n, 6.0f, dt), *dy = rand_host(n, 1.0f, dt);
-    for (int act = 0; act < 2; act++) {
+    static const char *names[] = {"silu backward", "gelu backward", "quick_gelu backward"};
+    for (int act = 0; act < 3; act++) {
         float *dx = rand_host(n, PREFILL, dt);
         void *gx = to_dev(x, n, dt), *gdy = to_dev(dy, n, dt), *gdx = to_dev(dx, n, dt);
         double ms;
         if (act == 0) {
             df_silu_backward_ref(dx, dy, x, n);
             RUN1(ms, df_cuda_silu_backward(ctx, dt, gdx, gdy, gx, n));
-        } else {
+        } else if (act == 1) {
             df_gelu_backward_ref(dx, dy, x, n);
             RUN1(ms, df_cuda_gelu_backward(ctx, dt, gdx, gdy, gx, n));
+        } else {   // one CPU version, checked against finite differences by test_ops_backward
+            df_quick_gelu_backward(dx, dy, x, n);
+            RUN1(ms, df_cuda_quick_gelu_backward(ctx, dt, gdx, gdy, gx, n));
         }
-        compare(act == 0 ? "silu backward" : "gelu backward", dt, gdx, dx, n, TOL_BWD[di(dt)], ms);
+        compare(names[act], dt, gdx, dx, n, TOL_BWD[di(dt)], ms);
         df_cuda_free(ctx, gx), df_cuda_free(ctx, gdy), df_cuda_free(ctx, gdx);
         free(dx);
     }
@@ -779,6 +802,9 @@ int main(void)
         test_attention_backward(dt, 2, 77, 77, 16, 64, 1);      // CLIP, causal
         test_attention_backward(dt, 1, 45, 70, 3, 72, 0);       // odd sizes
         test_attention_backward(dt, 1, 70, 70, 2, 128, 1);      // head size 128, causal
+        test_upsample_backward(dt, 2, 320, 32, 32, 64, 64);   // the UNet's 2x upsamplers
+        test_upsample_backward(dt, 1, 16, 17, 13, 34, 29);    // odd ratio
+        test_upsample_backward(dt, 1, 16, 9, 10, 5, 4);       // fewer outputs than inputs
         test_norm_backward(dt, 1, 2, 320, 1024, 32);
         test_norm_backward(dt, 0, 1024, 320, 0, 0);
         test_act_backward(dt);
