@@ -11,10 +11,13 @@
 # about 1-2 minutes to build and 1-3 to test on an H100 with 16 cores.
 # Usage: bash tests/gpu/run-gpu-checks.sh   (from anywhere in the checkout)
 # Logs go to $OUT (when set, e.g. by a remote runner) or build-cuda/gpu-checks.
+# DF_CUDA_TEST=regex runs a subset of the cases (test_cuda_ops.c's want());
+# SANITIZE=1 runs the tests under compute-sanitizer (memcheck; slow: pair it
+# with a subset, e.g. SANITIZE=1 DF_CUDA_TEST='^attention fp32').
 # Exit 0 when every GPU test passed, 1 when one failed or was skipped (no
 # GPU seen), 2 when the build could not be made.
 set -u
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/../.." || exit 2
 export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
 jobs=${JOBS:-16}
 logs=${OUT:-build-cuda/gpu-checks}
@@ -53,7 +56,9 @@ for t in build-cuda/tests/test_cuda_* build-cuda/tests/test_ops_cuda_stub; do
     name=$(basename "$t")
     echo "== $name"
     ts=$SECONDS
-    timeout 600 "$t" >"$logs/$name.log" 2>&1
+    run=("$t")
+    [ "${SANITIZE:-0}" = 1 ] && run=("$CUDA_HOME/bin/compute-sanitizer" --error-exitcode 1 "$t")
+    timeout 600 "${run[@]}" >"$logs/$name.log" 2>&1
     rc=$?
     cat "$logs/$name.log"
     if [ $rc -eq 0 ]; then pass=$((pass + 1)); r=PASS

@@ -13,8 +13,9 @@
  * TOL_*). The scheduler step and AdamW repeat the CPU's float operations and
  * must match bit for bit. Each case prints its error and the GPU time of
  * the op (one call after a warm-up call, synchronized: a first figure, not a
- * benchmark). */
+ * benchmark). DF_CUDA_TEST=regex runs a subset (see want()). */
 #include <math.h>
+#include <regex.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -756,6 +757,22 @@ static void test_arena_and_errors(void)
     df_cuda_free(ctx, d);
 }
 
+/* DF_CUDA_TEST=regex runs only the cases whose "<group> <dtype>" matches
+ * (groups: conversions, linear, conv2d, attention, norm, elementwise,
+ * <op>_backward, other_backward, ddim, lora, adamw, errors; e.g.
+ * "^attention fp16", "conv2d.*bf16"): to rerun a subset on a GPU, or one
+ * under compute-sanitizer. */
+static regex_t only;
+static int have_only;
+static df_dtype cur_dt = DF_DTYPE_F32;
+
+static int want(const char *group)
+{
+    char key[96];
+    snprintf(key, sizeof key, "%s %s", group, df_compute_dtype_name(cur_dt));
+    return !have_only || regexec(&only, key, 0, NULL, 0) == 0;
+}
+
 int main(void)
 {
     int ngpu = df_cuda_device_count();
@@ -768,53 +785,89 @@ int main(void)
         return 1;
     }
     printf("GPU 0 of %d: %s\n", ngpu, df_cuda_device_name(ctx));
+    const char *re = getenv("DF_CUDA_TEST");
+    if (re && *re) {
+        if (regcomp(&only, re, REG_EXTENDED | REG_NOSUB) != 0) {
+            fprintf(stderr, "test_cuda_ops: DF_CUDA_TEST: bad regex '%s'\n", re);
+            return 2;
+        }
+        have_only = 1;
+        printf("only the cases matching '%s'\n", re);
+    }
     df_dtype dt;
     CHECK(df_compute_dtype_parse("bf16", &dt) == DF_OK && dt == DF_DTYPE_BF16);
-    test_conversions();
+    if (want("conversions"))
+        test_conversions();
     for (int k = 0; k < 3; k++) {
-        dt = DTYPES[k];
-        test_linear(dt, 4096, 320, 320, 1);        // a 64x64 latent's attention projections
-        test_linear(dt, 77, 1024, 320, 0);          // cross-attention k/v from the text states
-        test_linear(dt, 37, 19, 23, 1);             // odd sizes
-        test_conv2d(dt, 1, 320, 64, 64, 320, (df_conv2d_geom){3, 1, 1, 1, 1, 1});
-        test_conv2d(dt, 1, 128, 64, 64, 128, (df_conv2d_geom){3, 2, 0, 0, 1, 1});   // VAE downsampler
-        test_conv2d(dt, 2, 640, 32, 32, 320, (df_conv2d_geom){1, 1, 0, 0, 0, 0});   // resnet shortcut
-        test_conv2d(dt, 1, 4, 64, 64, 320, (df_conv2d_geom){3, 1, 1, 1, 1, 1});     // conv_in
-        test_attention(dt, 1, 4096, 4096, 5, 64, 0, 128);   // SD 2.1 self-attention at 512 px
-        test_attention(dt, 1, 4096, 4096, 8, 40, 0, 128);   // SD 1.x heads of 40
-        test_attention(dt, 2, 4096, 77, 5, 64, 0, 4096);    // cross-attention
-        test_attention(dt, 2, 77, 77, 16, 64, 1, 77);       // CLIP ViT-H, causal
-        test_attention(dt, 1, 100, 333, 2, 128, 0, 100);    // head size 128, odd lengths
-        test_attention(dt, 1, 50, 50, 3, 72, 1, 50);        // odd head size, causal
-        test_groupnorm(dt, 1, 320, 4096, 32, 0);
-        test_groupnorm(dt, 2, 640, 256, 32, 1);
-        test_layernorm(dt, 4096, 320);
-        test_layernorm(dt, 77, 1024);
-        test_elementwise(dt);
-        test_softmax(dt, 5 * 64, 4096);
-        test_softmax(dt, 7, 77);
-        test_small_ops(dt);
-        test_linear_backward(dt, 1024, 320, 640);
-        test_conv2d_backward(dt, 1, 64, 32, 32, 64, (df_conv2d_geom){3, 1, 1, 1, 1, 1});
-        test_conv2d_backward(dt, 2, 32, 32, 32, 48, (df_conv2d_geom){3, 2, 0, 0, 1, 1});
-        test_attention_backward(dt, 1, 1024, 1024, 5, 64, 0);   // self-attention at 256 px
-        test_attention_backward(dt, 2, 1024, 77, 5, 64, 0);     // cross-attention
-        test_attention_backward(dt, 2, 77, 77, 16, 64, 1);      // CLIP, causal
-        test_attention_backward(dt, 1, 45, 70, 3, 72, 0);       // odd sizes
-        test_attention_backward(dt, 1, 70, 70, 2, 128, 1);      // head size 128, causal
-        test_upsample_backward(dt, 2, 320, 32, 32, 64, 64);   // the UNet's 2x upsamplers
-        test_upsample_backward(dt, 1, 16, 17, 13, 34, 29);    // odd ratio
-        test_upsample_backward(dt, 1, 16, 9, 10, 5, 4);       // fewer outputs than inputs
-        test_norm_backward(dt, 1, 2, 320, 1024, 32);
-        test_norm_backward(dt, 0, 1024, 320, 0, 0);
-        test_act_backward(dt);
+        dt = cur_dt = DTYPES[k];
+        if (want("linear")) {
+            test_linear(dt, 4096, 320, 320, 1);   // a 64x64 latent's attention projections
+            test_linear(dt, 77, 1024, 320, 0);     // cross-attention k/v from the text states
+            test_linear(dt, 37, 19, 23, 1);        // odd sizes
+        }
+        if (want("conv2d")) {
+            test_conv2d(dt, 1, 320, 64, 64, 320, (df_conv2d_geom){3, 1, 1, 1, 1, 1});
+            test_conv2d(dt, 1, 128, 64, 64, 128, (df_conv2d_geom){3, 2, 0, 0, 1, 1});  // VAE down
+            test_conv2d(dt, 2, 640, 32, 32, 320, (df_conv2d_geom){1, 1, 0, 0, 0, 0});  // shortcut
+            test_conv2d(dt, 1, 4, 64, 64, 320, (df_conv2d_geom){3, 1, 1, 1, 1, 1});    // conv_in
+        }
+        if (want("attention")) {
+            test_attention(dt, 1, 4096, 4096, 5, 64, 0, 128);   // SD 2.1 self-attention, 512 px
+            test_attention(dt, 1, 4096, 4096, 8, 40, 0, 128);   // SD 1.x heads of 40
+            test_attention(dt, 2, 4096, 77, 5, 64, 0, 4096);    // cross-attention
+            test_attention(dt, 2, 77, 77, 16, 64, 1, 77);       // CLIP ViT-H, causal
+            test_attention(dt, 1, 100, 333, 2, 128, 0, 100);    // head size 128, odd lengths
+            test_attention(dt, 1, 50, 50, 3, 72, 1, 50);        // odd head size, causal
+        }
+        if (want("norm")) {
+            test_groupnorm(dt, 1, 320, 4096, 32, 0);
+            test_groupnorm(dt, 2, 640, 256, 32, 1);
+            test_layernorm(dt, 4096, 320);
+            test_layernorm(dt, 77, 1024);
+        }
+        if (want("elementwise")) {
+            test_elementwise(dt);
+            test_softmax(dt, 5 * 64, 4096);
+            test_softmax(dt, 7, 77);
+            test_small_ops(dt);
+        }
+        if (want("linear_backward"))
+            test_linear_backward(dt, 1024, 320, 640);
+        if (want("conv2d_backward")) {
+            test_conv2d_backward(dt, 1, 64, 32, 32, 64, (df_conv2d_geom){3, 1, 1, 1, 1, 1});
+            test_conv2d_backward(dt, 2, 32, 32, 32, 48, (df_conv2d_geom){3, 2, 0, 0, 1, 1});
+        }
+        if (want("attention_backward")) {
+            test_attention_backward(dt, 1, 1024, 1024, 5, 64, 0);   // self-attention, 256 px
+            test_attention_backward(dt, 2, 1024, 77, 5, 64, 0);     // cross-attention
+            test_attention_backward(dt, 2, 77, 77, 16, 64, 1);      // CLIP, causal
+            test_attention_backward(dt, 1, 45, 70, 3, 72, 0);       // odd sizes
+            test_attention_backward(dt, 1, 70, 70, 2, 128, 1);      // head size 128, causal
+        }
+        if (want("other_backward")) {
+            test_upsample_backward(dt, 2, 320, 32, 32, 64, 64);   // the UNet's 2x upsamplers
+            test_upsample_backward(dt, 1, 16, 17, 13, 34, 29);    // odd ratio
+            test_upsample_backward(dt, 1, 16, 9, 10, 5, 4);       // fewer outputs than inputs
+            test_norm_backward(dt, 1, 2, 320, 1024, 32);
+            test_norm_backward(dt, 0, 1024, 320, 0, 0);
+            test_act_backward(dt);
+        }
     }
-    test_ddim("epsilon", 0);
-    test_ddim("v_prediction", 1);
-    test_lora_merge(320, 4, 320, 0.75f);
-    test_lora_merge(1280, 64, 2880, 1.0f);
-    test_adamw();
-    test_arena_and_errors();
+    cur_dt = DF_DTYPE_F32;
+    if (want("ddim")) {
+        test_ddim("epsilon", 0);
+        test_ddim("v_prediction", 1);
+    }
+    if (want("lora")) {
+        test_lora_merge(320, 4, 320, 0.75f);
+        test_lora_merge(1280, 64, 2880, 1.0f);
+    }
+    if (want("adamw"))
+        test_adamw();
+    if (want("errors"))
+        test_arena_and_errors();
     df_cuda_free_ctx(ctx);
+    if (have_only)
+        regfree(&only);
     UNIT_END();
 }
