@@ -65,11 +65,17 @@ int df_cuda_device_count(void)
 {
     int n = 0;
     /* No driver, no device or a driver older than the runtime all mean
-     * "no GPU here"; the error is cleared so that it is not reported later. */
-    if (cudaGetDeviceCount(&n) != cudaSuccess) {
+     * "no GPU here"; which one is recorded (df_last_error) for the message,
+     * and cleared in the runtime so that it is not reported later. */
+    cudaError_t e = cudaGetDeviceCount(&n);
+    if (e != cudaSuccess) {
         (void)cudaGetLastError();
+        df_fail(DF_ERR_CUDA, "cudaGetDeviceCount: %s (%s)", cudaGetErrorString(e),
+                cudaGetErrorName(e));
         return 0;
     }
+    if (n == 0)
+        df_fail(DF_ERR_CUDA, "no CUDA device");
     return n;
 }
 

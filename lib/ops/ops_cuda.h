@@ -55,7 +55,8 @@ df_status df_compute_dtype_parse(const char *s, df_dtype *dt);
 typedef struct df_cuda_ctx df_cuda_ctx;
 
 /* Number of usable GPUs; 0 when there is no driver or no device (not an
- * error: tests skip then). Always 0 without CUDA. */
+ * error: tests skip then; df_last_error() says why, e.g. a driver older
+ * than the CUDA runtime). Always 0 without CUDA. */
 int df_cuda_device_count(void);
 /* Select GPU `gpu` (cudaSetDevice: it becomes the calling thread's
  * device; another thread using the context must select it too) and create

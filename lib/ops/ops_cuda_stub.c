@@ -34,7 +34,11 @@ static df_status no_cuda(const char *fn)
 }
 #define NO_CUDA return no_cuda(__func__)
 
-int df_cuda_device_count(void) { return 0; }
+int df_cuda_device_count(void)
+{
+    no_cuda(__func__);   /* the reason, for df_last_error() */
+    return 0;
+}
 df_status df_cuda_init(int gpu, df_cuda_ctx **ctx) { *ctx = NULL; NO_CUDA; }
 void df_cuda_free_ctx(df_cuda_ctx *ctx) { (void)ctx; }
 const char *df_cuda_device_name(const df_cuda_ctx *ctx) { return "none"; }

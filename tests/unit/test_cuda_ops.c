@@ -777,7 +777,7 @@ int main(void)
 {
     int ngpu = df_cuda_device_count();
     if (ngpu == 0) {
-        printf("skipped: no GPU\n");
+        printf("skipped: no GPU (%s)\n", df_last_error());
         return 77;
     }
     if (df_cuda_init(0, &ctx) != DF_OK) {
