@@ -13,7 +13,10 @@
  * that does not transform the data (no FFT or Winograd: they change the
  * rounding enough to miss the CPU by more than 1e-5 in fp32 and the stated
  * tolerances in fp16/bf16) and, in fp32 (the reference mode), uses FMA math
- * rather than TF32. */
+ * rather than TF32. The backward passes take deterministic algorithms only
+ * (some of cuDNN's add with atomics, in a varying order), so that a training
+ * step gives the same gradients every time, as on the CPU; ALGO_1 of each,
+ * deterministic, is the fallback. */
 #include "cuda_internal.h"
 
 /* Workspace cap: SD's largest convolutions want far less; an algorithm
@@ -223,7 +226,8 @@ static df_status backward_data(df_cuda_ctx *c, df_dtype dt, const conv_desc *d, 
                   a == CUDNN_CONVOLUTION_BWD_DATA_ALGO_FFT_TILING ||
                   a == CUDNN_CONVOLUTION_BWD_DATA_ALGO_WINOGRAD ||
                   a == CUDNN_CONVOLUTION_BWD_DATA_ALGO_WINOGRAD_NONFUSED;
-        if (acceptable(dt, perf[i].status, perf[i].memory, perf[i].mathType, tr)) {
+        if (acceptable(dt, perf[i].status, perf[i].memory, perf[i].mathType, tr) &&
+            perf[i].determinism == CUDNN_DETERMINISTIC) {
             algo = a;
             DF_CUDNN(cudnnSetConvolutionMathType(d->conv, perf[i].mathType));
             break;
@@ -254,7 +258,8 @@ static df_status backward_filter(df_cuda_ctx *c, df_dtype dt, const conv_desc *d
         bool tr = a == CUDNN_CONVOLUTION_BWD_FILTER_ALGO_FFT ||
                   a == CUDNN_CONVOLUTION_BWD_FILTER_ALGO_FFT_TILING ||
                   a == CUDNN_CONVOLUTION_BWD_FILTER_ALGO_WINOGRAD_NONFUSED;
-        if (acceptable(dt, perf[i].status, perf[i].memory, perf[i].mathType, tr)) {
+        if (acceptable(dt, perf[i].status, perf[i].memory, perf[i].mathType, tr) &&
+            perf[i].determinism == CUDNN_DETERMINISTIC) {
             algo = a;
             DF_CUDNN(cudnnSetConvolutionMathType(d->conv, perf[i].mathType));
             break;
