@@ -15,6 +15,16 @@ extern "C" {
 #include "status.h"
 }
 
+/* A convolution's chosen cuDNN algorithm, kept per shape so that cuDNN's
+ * heuristics run once per shape rather than on every call (kernels/ops_conv2d.cu). */
+#define DF_CUDA_CONV_KEY 11
+#define DF_CUDA_CONV_PLANS 128
+typedef struct {
+    int key[DF_CUDA_CONV_KEY];   /* pass, dtype, B, C, H, W, OC, K, stride, pad h, pad w */
+    int algo, math;
+    size_t workspace;
+} df_cuda_conv_plan;
+
 struct df_cuda_ctx {
     int device;
     cudaStream_t stream;
@@ -30,6 +40,8 @@ struct df_cuda_ctx {
     void *stage;
     size_t stage_size;
     char name[320];
+    df_cuda_conv_plan conv_plans[DF_CUDA_CONV_PLANS];
+    int n_conv_plans;   /* stored so far; past the end, the oldest is replaced */
 };
 
 /* The check macros: each evaluates one CUDA, cuBLAS or cuDNN call and, when

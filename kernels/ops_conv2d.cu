@@ -16,19 +16,50 @@
  * rather than TF32. The backward passes take deterministic algorithms only
  * (some of cuDNN's add with atomics, in a varying order), so that a training
  * step gives the same gradients every time, as on the CPU; ALGO_1 of each,
- * deterministic, is the fallback. */
+ * deterministic, is the fallback. The choice is kept per shape and pass in
+ * the context (df_cuda_conv_plan), so the heuristics run once per shape. */
+#include <string.h>
+
 #include "cuda_internal.h"
 
 /* Workspace cap: SD's largest convolutions want far less; an algorithm
  * asking for more is skipped rather than failing on a small GPU. */
 #define WORKSPACE_CAP ((size_t)1 << 30)
 
-/* The descriptors of one convolution. */
+/* The descriptors of one convolution, and its key in the plan cache. */
 struct conv_desc {
     cudnnTensorDescriptor_t x, y;
     cudnnFilterDescriptor_t w;
     cudnnConvolutionDescriptor_t conv;
+    int key[DF_CUDA_CONV_KEY];
 };
+
+enum { PASS_FWD, PASS_BWD_DATA, PASS_BWD_FILTER };
+
+/* The cached plan of this convolution and pass, or NULL. */
+static const df_cuda_conv_plan *plan_find(const df_cuda_ctx *c, const conv_desc *d, int pass)
+{
+    int n = c->n_conv_plans < DF_CUDA_CONV_PLANS ? c->n_conv_plans : DF_CUDA_CONV_PLANS;
+    for (int i = 0; i < n; i++) {
+        const df_cuda_conv_plan *p = &c->conv_plans[i];
+        if (p->key[0] == pass &&
+            memcmp(p->key + 1, d->key + 1, sizeof p->key - sizeof p->key[0]) == 0)
+            return p;
+    }
+    return NULL;
+}
+
+static void plan_store(df_cuda_ctx *c, const conv_desc *d, int pass, int algo, int math, size_t ws)
+{
+    df_cuda_conv_plan *p = &c->conv_plans[c->n_conv_plans++ % DF_CUDA_CONV_PLANS];
+    if (c->n_conv_plans >= 2 * DF_CUDA_CONV_PLANS)   /* keeps the count from overflowing */
+        c->n_conv_plans -= DF_CUDA_CONV_PLANS;
+    memcpy(p->key, d->key, sizeof p->key);
+    p->key[0] = pass;
+    p->algo = algo;
+    p->math = math;
+    p->workspace = ws;
+}
 
 static void conv_desc_free(conv_desc *d)
 {
@@ -47,6 +78,8 @@ static df_status conv_desc_init(conv_desc *d, df_dtype dt, int B, int C, int Hx,
                                 int K, int stride, int ph, int pw, int OH, int OW)
 {
     *d = conv_desc();
+    const int key[DF_CUDA_CONV_KEY] = {0, (int)dt, B, C, Hx, Wx, OC, K, stride, ph, pw};
+    memcpy(d->key, key, sizeof key);
     cudnnDataType_t t = df_cuda_dnn_type(dt);
     DF_CUDNN(cudnnCreateTensorDescriptor(&d->x));
     DF_CUDNN(cudnnCreateTensorDescriptor(&d->y));
@@ -83,6 +116,13 @@ static bool acceptable(df_dtype dt, cudnnStatus_t status, size_t memory, cudnnMa
 static df_status pick_fwd(df_cuda_ctx *c, df_dtype dt, const conv_desc *d,
                           cudnnConvolutionFwdAlgo_t *algo, size_t *ws)
 {
+    const df_cuda_conv_plan *p = plan_find(c, d, PASS_FWD);
+    if (p) {
+        *algo = (cudnnConvolutionFwdAlgo_t)p->algo;
+        *ws = p->workspace;
+        DF_CUDNN(cudnnSetConvolutionMathType(d->conv, (cudnnMathType_t)p->math));
+        return DF_OK;
+    }
     cudnnConvolutionFwdAlgoPerf_t perf[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
     int n = 0;
     /* When no choice is acceptable the plain implicit GEMM (FMA math, set by
@@ -103,6 +143,9 @@ static df_status pick_fwd(df_cuda_ctx *c, df_dtype dt, const conv_desc *d,
     }
     DF_CUDNN(cudnnGetConvolutionForwardWorkspaceSize(c->cudnn, d->x, d->w, d->conv, d->y, *algo,
                                                      ws));
+    cudnnMathType_t math;
+    DF_CUDNN(cudnnGetConvolutionMathType(d->conv, &math));
+    plan_store(c, d, PASS_FWD, (int)*algo, (int)math, *ws);
     return DF_OK;
 }
 
@@ -218,6 +261,14 @@ static df_status backward_data(df_cuda_ctx *c, df_dtype dt, const conv_desc *d, 
     cudnnConvolutionBwdDataAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
     int n = 0;
     cudnnConvolutionBwdDataAlgo_t algo = CUDNN_CONVOLUTION_BWD_DATA_ALGO_1;
+    size_t ws = 0;
+    const df_cuda_conv_plan *p = plan_find(c, d, PASS_BWD_DATA);
+    if (p) {
+        algo = (cudnnConvolutionBwdDataAlgo_t)p->algo;
+        ws = p->workspace;
+        DF_CUDNN(cudnnSetConvolutionMathType(d->conv, (cudnnMathType_t)p->math));
+        goto run;
+    }
     DF_CUDNN(cudnnGetConvolutionBackwardDataAlgorithm_v7(
         c->cudnn, d->w, d->y, d->conv, d->x, CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &n, perf));
     for (int i = 0; i < n; i++) {
@@ -233,9 +284,14 @@ static df_status backward_data(df_cuda_ctx *c, df_dtype dt, const conv_desc *d, 
             break;
         }
     }
-    size_t ws = 0;
     DF_CUDNN(cudnnGetConvolutionBackwardDataWorkspaceSize(c->cudnn, d->w, d->y, d->conv, d->x, algo,
                                                           &ws));
+    {
+        cudnnMathType_t math;
+        DF_CUDNN(cudnnGetConvolutionMathType(d->conv, &math));
+        plan_store(c, d, PASS_BWD_DATA, (int)algo, (int)math, ws);
+    }
+run:
     df_status st = df_cuda_scratch(c, &c->workspace, &c->workspace_size, ws);
     if (st != DF_OK)
         return st;
@@ -251,6 +307,14 @@ static df_status backward_filter(df_cuda_ctx *c, df_dtype dt, const conv_desc *d
     cudnnConvolutionBwdFilterAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT];
     int n = 0;
     cudnnConvolutionBwdFilterAlgo_t algo = CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1;
+    size_t ws = 0;
+    const df_cuda_conv_plan *p = plan_find(c, d, PASS_BWD_FILTER);
+    if (p) {
+        algo = (cudnnConvolutionBwdFilterAlgo_t)p->algo;
+        ws = p->workspace;
+        DF_CUDNN(cudnnSetConvolutionMathType(d->conv, (cudnnMathType_t)p->math));
+        goto run;
+    }
     DF_CUDNN(cudnnGetConvolutionBackwardFilterAlgorithm_v7(
         c->cudnn, d->x, d->y, d->conv, d->w, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, &n, perf));
     for (int i = 0; i < n; i++) {
@@ -265,9 +329,14 @@ static df_status backward_filter(df_cuda_ctx *c, df_dtype dt, const conv_desc *d
             break;
         }
     }
-    size_t ws = 0;
     DF_CUDNN(cudnnGetConvolutionBackwardFilterWorkspaceSize(c->cudnn, d->x, d->y, d->conv, d->w,
                                                             algo, &ws));
+    {
+        cudnnMathType_t math;
+        DF_CUDNN(cudnnGetConvolutionMathType(d->conv, &math));
+        plan_store(c, d, PASS_BWD_FILTER, (int)algo, (int)math, ws);
+    }
+run:
     df_status st = df_cuda_scratch(c, &c->workspace, &c->workspace_size, ws);
     if (st != DF_OK)
         return st;
