@@ -27,6 +27,14 @@ FUZZ_BINS   := $(patsubst tests/fuzz/%.c,$(FUZZ_BUILD)/%,$(FUZZ_SRC))
 # Harnesses that #include a source file to reach its static parsers link
 # without that file's object: FUZZ_OMIT_<harness> names it.
 FUZZ_OMIT_fuzz_http := $(FUZZ_BUILD)/lib/io/http.o
+# fuzz_serve runs df-serve's request handlers: it links their sources (not
+# the HTTP, gallery and pipeline parts, which it stubs).
+FUZZ_SERVE_SRC := $(addprefix tools/df-serve/serve_,reply.c request.c queue.c page.c openai.c a1111.c)
+$(FUZZ_BUILD)/fuzz_serve: tests/fuzz/fuzz_serve.c $(FUZZ_SERVE_SRC) $(wildcard tools/df-serve/*.h) \
+                          tests/fuzz/fuzz_util.h $(FUZZ_LIBOBJ)
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) $(FUZZ_SAN) -Itests/fuzz -Itools/df-serve -fsanitize=fuzzer -o $@ $< \
+	  $(FUZZ_SERVE_SRC) $(FUZZ_LIBOBJ) $(LDLIBS)
 # A per-input time limit (seconds) so that a hang is a finding too.
 FUZZ_FLAGS  ?= -timeout=20 -rss_limit_mb=2048 -print_final_stats=1
 FUZZ_FIXTURES ?= $(abspath $(FIXTURES))

@@ -17,7 +17,9 @@
 #include <openssl/evp.h>
 
 #include "edit_image.h"
+#include "gen_params.h"
 #include "image.h"
+#include "jsonl.h"
 #include "scheduler.h"
 #include "serve.h"
 
@@ -353,4 +355,32 @@ void serve_params_free(serve_params *p)
     free(p->init_rgb);
     free(p->mask);
     memset(p, 0, sizeof *p);
+}
+
+json_t *serve_params_json(const serve_params *p)
+{
+    json_t *o = json_object();
+    df_rec_set_str(o, "prompt", p->prompt ? p->prompt : "");
+    df_rec_set_str(o, "negative_prompt", p->negative ? p->negative : "");
+    df_rec_set_int(o, "steps", p->steps);
+    df_rec_set_float(o, "guidance", p->guidance);
+    df_rec_set_str(o, "scheduler", p->sched);
+    df_rec_set_int(o, "seed", (long long)p->seed);
+    df_rec_set_int(o, "width", p->width);
+    df_rec_set_int(o, "height", p->height);
+    df_rec_set_int(o, "batch", p->batch * p->runs);
+    if (g_cfg.n_loras) {
+        json_t *a = json_array();
+        for (int i = 0; i < g_cfg.n_loras; i++) {
+            char b[32];
+            df_float_str(p->lora_scales[i], b);
+            json_array_append_new(a, json_real(strtod(b, NULL)));
+        }
+        json_object_set_new(o, "lora_scales", a);
+    }
+    if (p->edit) {
+        df_rec_set_float(o, "strength", p->strength);
+        json_object_set_new(o, "inpaint", json_boolean(p->inpaint));
+    }
+    return o;
 }
