@@ -203,9 +203,7 @@ static void warm_up(void)
         exit(1);
     }
     df_scheduler *s = NULL;
-    const char *dir = g_cfg.config_dir ? g_cfg.config_dir : g_cfg.model;
-    if (df_scheduler_load(dir, NULL, NULL, &s) != DF_OK &&
-        df_scheduler_create(out.scheduler, NULL, NULL, &s) != DF_OK)
+    if (df_scheduler_create(NULL, df_pipeline_scheduler_config(g_cfg.pipe), NULL, &s) != DF_OK)
         s = NULL;
     snprintf(g_cfg.default_sched, sizeof g_cfg.default_sched, "%s",
              s ? df_scheduler_short_name(s) : out.scheduler);

@@ -11,13 +11,14 @@
 set -u
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 : "${DF_BIN:=$ROOT/bin}"
+: "${DF_BUILD:=$ROOT/build}"
 : "${DF_FIXTURES:=$(cd "$ROOT/.." && pwd)/shared/fixtures}"
-export DF_BIN DF_FIXTURES
+export DF_BIN DF_BUILD DF_FIXTURES
 T=$(mktemp -d /tmp/df-test-serve-XXXXXX)
 trap 'rm -rf "$T"' EXIT
 cd "$T" || exit 1
 PYTHONPATH="$ROOT/tests/tools" exec /usr/bin/python3 - <<'EOF'
-import base64, json, os, signal, socket, threading, time
+import base64, json, os, signal, socket, subprocess, threading, time
 from serve_client import *
 
 s = Server("--queue", "8")
@@ -276,6 +277,24 @@ t0 = time.time()
 rc = s.stop(timeout=30)
 check(rc == 0 and time.time() - t0 < 10, "SIGTERM mid-job: exit %s after %.1f s" % (rc, time.time() - t0))
 check("stopped" in open(s.err_path).read(), "SIGTERM: no 'stopped' line")
+
+# --- a single-file checkpoint (--config, --prediction) serves df-sample's image
+mk = os.path.join(os.environ["DF_BUILD"], "tools", "mk-single-file")
+if not os.access(mk, os.X_OK):
+    print("test-df-serve: single file: %s not built, case skipped" % mk, flush=True)
+elif check(subprocess.run([mk, MODEL, "sd.safetensors"], capture_output=True).returncode == 0,
+           "mk-single-file"):
+    s = Server("--config", MODEL, "--prediction", "v", model="sd.safetensors", out="out-single")
+    st, h, info = s.json("GET", "/api/info")
+    check(info.get("model") == "sd.safetensors" and info.get("scheduler") == "ddim",
+          "single-file info: %s" % info)
+    st, h, r = s.json("POST", "/v1/images/generations", {"prompt": "a face", "size": "64x64", "steps": 4,
+                                                         "seed": 31, "response_format": "b64_json"})
+    ref = df_sample("single", "-p", "a face", "--steps", "4", "--seed", "31", "--width", "64",
+                    "--height", "64")
+    if check(st == 200, "single-file request: %s %s" % (st, str(r)[:200])) and ref:
+        same_pixels("single-file model", b64png(r["data"][0]["b64_json"]), ref[0])
+    check(s.stop() == 0, "single-file server exit")
 
 # --- the gallery survives a restart
 s = Server()

@@ -169,12 +169,12 @@ bool req_scheduler(serve_params *p, const char *name, const char *field, char **
         snprintf(p->sched, sizeof p->sched, "%s", g_cfg.default_sched);
         return true;
     }
-    /* Built as the pipeline will build it, so that a name it would refuse
-     * is a 400 now, and the record names it as df-sample does. */
+    /* Built as the pipeline will build it (from the model's scheduler
+     * config), so that a name it would refuse is a 400 now, and the record
+     * names it as df-sample does. */
     df_scheduler *s = NULL;
-    const char *dir = g_cfg.config_dir ? g_cfg.config_dir : g_cfg.model;
-    if (df_scheduler_load(dir, name, NULL, &s) != DF_OK &&
-        df_scheduler_create(name, NULL, NULL, &s) != DF_OK) {
+    const json_t *cfg = g_cfg.pipe ? df_pipeline_scheduler_config(g_cfg.pipe) : NULL;
+    if (df_scheduler_create(name, cfg, NULL, &s) != DF_OK) {
         *err = req_errf("%s: unknown scheduler '%s'", field, name);
         return false;
     }
