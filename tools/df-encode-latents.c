@@ -68,16 +68,6 @@ static void on_signal(int sig) { (void)sig; interrupted = 1; }
 
 /* ---------------------------------------------------------------- arguments */
 
-static long parse_long(const char *opt, const char *s, long lo, long hi)
-{
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < lo || v > hi)
-        df_usage_error("%s: '%s' is not an integer in %ld..%ld", opt, s, lo, hi);
-    return v;
-}
-
 /* K/N with 1 <= K <= N, as df-caption's --shard. */
 static void parse_shard(const char *s, options *o)
 {
@@ -118,15 +108,15 @@ static void parse_args(int argc, char **argv, options *o)
         case O_ROOT: o->root = optarg; break;
         case O_OUT: o->out = optarg; break;
         case O_RES:
-            o->resolution = (int)parse_long("--resolution", optarg, 8, 8192);
+            o->resolution = (int)df_parse_long_arg("--resolution", optarg, 8, 8192);
             if (o->resolution % 8)
                 df_usage_error("--resolution: %d is not a multiple of 8", o->resolution);
             break;
         case O_FLIP: o->flip = true; break;
         case O_SHARD: parse_shard(optarg, o); break;
         case O_TEXT: o->text_emb = true; break;
-        case O_BATCH: o->batch = (int)parse_long("--batch-size", optarg, 1, 4096); break;
-        case 't': o->threads = (int)parse_long("--threads", optarg, 1, 1024); break;
+        case O_BATCH: o->batch = (int)df_parse_long_arg("--batch-size", optarg, 1, 4096); break;
+        case 't': o->threads = (int)df_parse_long_arg("--threads", optarg, 1, 1024); break;
         case O_STRICT: o->strict = true; break;
         case 'q': o->progress = DF_PROGRESS_NEVER; break;
         case O_PROGRESS: o->progress = DF_PROGRESS_ALWAYS; break;

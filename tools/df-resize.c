@@ -66,16 +66,6 @@ typedef struct {
 
 /* ---------------------------------------------------------------- argument parsing */
 
-static long parse_long(const char *opt, const char *s, long lo, long hi)
-{
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < lo || v > hi)
-        df_usage_error("%s: '%s' is not an integer in %ld..%ld", opt, s, lo, hi);
-    return v;
-}
-
 static void parse_args(int argc, char **argv, options *o)
 {
     enum { O_ROOT = 256, O_OUT, O_SCAN, O_SIZE, O_CROP, O_FORMAT, O_QUALITY, O_MIN, O_MAX,
@@ -101,12 +91,12 @@ static void parse_args(int argc, char **argv, options *o)
         case O_ROOT: o->root = optarg; break;
         case O_OUT: o->out = optarg; break;
         case O_SCAN: o->scan = true; break;
-        case O_SIZE: o->size = (int)parse_long("--size", optarg, 1, 16384); break;
-        case O_QUALITY: o->quality = (int)parse_long("--quality", optarg, 1, 100); break;
-        case O_MIN: o->min_side = (int)parse_long("--min-side", optarg, 0, DF_IMAGE_MAX_SIDE); break;
-        case O_MAX: o->max_side = (int)parse_long("--max-side", optarg, 0, DF_IMAGE_MAX_SIDE); break;
-        case O_MAXPIX: o->max_pixels = (uint64_t)parse_long("--max-pixels", optarg, 1, LONG_MAX); break;
-        case 'j': o->jobs = (int)parse_long("-j", optarg, 1, 256); break;
+        case O_SIZE: o->size = (int)df_parse_long_arg("--size", optarg, 1, 16384); break;
+        case O_QUALITY: o->quality = (int)df_parse_long_arg("--quality", optarg, 1, 100); break;
+        case O_MIN: o->min_side = (int)df_parse_long_arg("--min-side", optarg, 0, DF_IMAGE_MAX_SIDE); break;
+        case O_MAX: o->max_side = (int)df_parse_long_arg("--max-side", optarg, 0, DF_IMAGE_MAX_SIDE); break;
+        case O_MAXPIX: o->max_pixels = (uint64_t)df_parse_long_arg("--max-pixels", optarg, 1, LONG_MAX); break;
+        case 'j': o->jobs = (int)df_parse_long_arg("-j", optarg, 1, 256); break;
         case O_NODCT: o->dct_scaling = false; break;
         case O_STRICT: o->strict = true; break;
         case O_QUIET: o->progress = DF_PROGRESS_NEVER; break;

@@ -98,16 +98,6 @@ typedef struct {
 static volatile sig_atomic_t interrupted;
 static void on_signal(int sig) { (void)sig; interrupted = 1; }
 
-static long parse_long(const char *opt, const char *s, long lo, long hi)
-{
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || *end || end == s || v < lo || v > hi)
-        df_usage_error("%s: '%s' is not a whole number from %ld to %ld", opt, s, lo, hi);
-    return v;
-}
-
 /* Append printf output to a malloc'd string (*s may be NULL). */
 static void append(char **s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void append(char **s, const char *fmt, ...)
@@ -216,15 +206,15 @@ static void parse_args(int argc, char **argv, options *o, df_pipeline **pipe)
             break;
         case 'p': o->prompt = optarg; break;
         case 'n': o->negative = optarg; break;
-        case O_STEPS: o->steps = (int)parse_long("--steps", optarg, 1, 1000); break;
+        case O_STEPS: o->steps = (int)df_parse_long_arg("--steps", optarg, 1, 1000); break;
         case O_GUIDANCE: o->guidance = parse_float("--guidance", optarg); break;
         case O_SCHED: o->scheduler = optarg; break;
         case O_SEED: o->seed = parse_seed(optarg); o->have_seed = 1; break;
-        case O_WIDTH: o->width = (int)parse_long("--width", optarg, 8, 8192); o->given |= 1; break;
-        case O_HEIGHT: o->height = (int)parse_long("--height", optarg, 8, 8192); o->given |= 2; break;
-        case O_BATCH: o->batch = (int)parse_long("--batch", optarg, 1, 64); o->given |= 4; break;
+        case O_WIDTH: o->width = (int)df_parse_long_arg("--width", optarg, 8, 8192); o->given |= 1; break;
+        case O_HEIGHT: o->height = (int)df_parse_long_arg("--height", optarg, 8, 8192); o->given |= 2; break;
+        case O_BATCH: o->batch = (int)df_parse_long_arg("--batch", optarg, 1, 64); o->given |= 4; break;
         case O_OUT: o->out_dir = optarg; break;
-        case 't': o->threads = (int)parse_long("--threads", optarg, 1, 1024); break;
+        case 't': o->threads = (int)df_parse_long_arg("--threads", optarg, 1, 1024); break;
         case O_LATENTS: o->latents_file = optarg; break;
         case O_SAVE: o->save_latents = optarg; break;
         case O_INIT: o->init_image = optarg; break;

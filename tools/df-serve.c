@@ -56,16 +56,6 @@ static const char usage_text[] =
     "  --max-prompt-chars N   longest prompt (2000 characters)\n"
     "  -h, --help             this help\n";
 
-static long parse_long(const char *opt, const char *s, long lo, long hi)
-{
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || *end || end == s || v < lo || v > hi)
-        df_usage_error("%s: '%s' is not a whole number from %ld to %ld", opt, s, lo, hi);
-    return v;
-}
-
 enum { O_MODEL = 256, O_VARIANT, O_CONFIG, O_PRED, O_LORA, O_LISTEN, O_QUEUE, O_OUT, O_KEY,
        O_GRACE, O_BODY, O_PIXELS, O_STEPS, O_BATCH, O_PROMPT };
 
@@ -97,17 +87,17 @@ static void parse_args(int argc, char **argv, const char **loras, int *nl)
             loras[(*nl)++] = optarg;
             break;
         case O_LISTEN: g_cfg.listen = optarg; break;
-        case O_QUEUE: g_cfg.queue_max = (int)parse_long("--queue", optarg, 0, 10000); break;
+        case O_QUEUE: g_cfg.queue_max = (int)df_parse_long_arg("--queue", optarg, 0, 10000); break;
         case O_OUT: g_cfg.out_dir = optarg; break;
-        case 't': g_cfg.threads = (int)parse_long("--threads", optarg, 1, 1024); break;
+        case 't': g_cfg.threads = (int)df_parse_long_arg("--threads", optarg, 1, 1024); break;
         case O_KEY: key_env = optarg; break;
-        case O_GRACE: g_cfg.grace = (double)parse_long("--grace", optarg, 0, 86400); break;
-        case O_BODY: g_cfg.max_body = (size_t)parse_long("--max-body", optarg, 1024, 1L << 30); break;
-        case O_PIXELS: g_cfg.max_pixels = parse_long("--max-pixels", optarg, 64, 1L << 28); break;
-        case O_STEPS: g_cfg.max_steps = (int)parse_long("--max-steps", optarg, 1, 1000); break;
-        case O_BATCH: g_cfg.max_batch = (int)parse_long("--max-batch", optarg, 1, 64); break;
+        case O_GRACE: g_cfg.grace = (double)df_parse_long_arg("--grace", optarg, 0, 86400); break;
+        case O_BODY: g_cfg.max_body = (size_t)df_parse_long_arg("--max-body", optarg, 1024, 1L << 30); break;
+        case O_PIXELS: g_cfg.max_pixels = df_parse_long_arg("--max-pixels", optarg, 64, 1L << 28); break;
+        case O_STEPS: g_cfg.max_steps = (int)df_parse_long_arg("--max-steps", optarg, 1, 1000); break;
+        case O_BATCH: g_cfg.max_batch = (int)df_parse_long_arg("--max-batch", optarg, 1, 64); break;
         case O_PROMPT:
-            g_cfg.max_prompt_chars = (int)parse_long("--max-prompt-chars", optarg, 1, 1 << 20);
+            g_cfg.max_prompt_chars = (int)df_parse_long_arg("--max-prompt-chars", optarg, 1, 1 << 20);
             break;
         default: df_usage_error("unknown option");
         }

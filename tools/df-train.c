@@ -83,16 +83,6 @@ typedef struct {
     const char *model;
 } options;
 
-static long parse_long(const char *flag, const char *s, long lo, long hi)
-{
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || *end || end == s || v < lo || v > hi)
-        df_usage_error("%s: '%s' is not a whole number in [%ld, %ld]", flag, s, lo, hi);
-    return v;
-}
-
 static double parse_num(const char *flag, const char *s, double lo, double hi)
 {
     char *end;
@@ -139,11 +129,11 @@ static void parse_args(int argc, char **argv, options *o)
             o->caches[nc++] = optarg;
             break;
         case O_OUT: t->out_dir = optarg; break;
-        case O_MAX_STEPS: t->max_steps = parse_long("--max-steps", optarg, 1, 1L << 40); break;
-        case O_EPOCHS: t->epochs = parse_long("--epochs", optarg, 1, 1L << 40); break;
-        case O_BATCH: t->batch_size = (int)parse_long("--batch-size", optarg, 1, 256); break;
-        case O_ACCUM: t->accum = (int)parse_long("--gradient-accumulation", optarg, 1, 4096); break;
-        case O_RANK: t->rank = (int)parse_long("--rank", optarg, 1, 4096); break;
+        case O_MAX_STEPS: t->max_steps = df_parse_long_arg("--max-steps", optarg, 1, 1L << 40); break;
+        case O_EPOCHS: t->epochs = df_parse_long_arg("--epochs", optarg, 1, 1L << 40); break;
+        case O_BATCH: t->batch_size = (int)df_parse_long_arg("--batch-size", optarg, 1, 256); break;
+        case O_ACCUM: t->accum = (int)df_parse_long_arg("--gradient-accumulation", optarg, 1, 4096); break;
+        case O_RANK: t->rank = (int)df_parse_long_arg("--rank", optarg, 1, 4096); break;
         case O_ALPHA: t->alpha = (float)parse_num("--alpha", optarg, 1e-6, 1e6); have_alpha = 1; break;
         case O_UT: t->unet_targets = optarg; break;
         case O_TT: t->text_targets = optarg; break;
@@ -151,7 +141,7 @@ static void parse_args(int argc, char **argv, options *o)
         case O_ULR: t->unet_lr = parse_num("--unet-lr", optarg, 0, 10); break;
         case O_TLR: t->text_lr = parse_num("--text-encoder-lr", optarg, 0, 10); have_tlr = 1; break;
         case O_SCHED: t->lr_schedule = optarg; break;
-        case O_WARMUP: t->warmup_steps = parse_long("--lr-warmup-steps", optarg, 0, 1L << 40); break;
+        case O_WARMUP: t->warmup_steps = df_parse_long_arg("--lr-warmup-steps", optarg, 0, 1L << 40); break;
         case O_MGN: t->max_grad_norm = parse_num("--max-grad-norm", optarg, 0, 1e9); break;
         case O_SNR: t->snr_gamma = parse_num("--snr-gamma", optarg, 0, 1e9); break;
         case O_NOFF: t->noise_offset = parse_num("--noise-offset", optarg, 0, 10); break;
@@ -159,9 +149,9 @@ static void parse_args(int argc, char **argv, options *o)
         case O_FLIP: t->random_flip = true; break;
         case O_MEAN: t->use_mean = true; break;
         case O_INIT: t->init = optarg; break;
-        case O_SEED: t->seed = (uint64_t)parse_long("--seed", optarg, 0, 1L << 53); break;
-        case O_SAVE: t->save_every = parse_long("--save-every", optarg, 1, 1L << 40); break;
-        case O_KEEP: t->keep_checkpoints = (int)parse_long("--keep", optarg, 1, 1 << 20); break;
+        case O_SEED: t->seed = (uint64_t)df_parse_long_arg("--seed", optarg, 0, 1L << 53); break;
+        case O_SAVE: t->save_every = df_parse_long_arg("--save-every", optarg, 1, 1L << 40); break;
+        case O_KEEP: t->keep_checkpoints = (int)df_parse_long_arg("--keep", optarg, 1, 1 << 20); break;
         case O_RESUME: t->resume = true; break;
         case O_FORMAT:
             if (!strcmp(optarg, "peft"))
@@ -177,8 +167,8 @@ static void parse_args(int argc, char **argv, options *o)
                 df_usage_error("at most 16 --validation-prompt options");
             o->prompts[o->nprompts++] = optarg;
             break;
-        case O_VALSTEPS: o->val_steps = (int)parse_long("--validation-steps", optarg, 1, 1000); break;
-        case 't': o->threads = (int)parse_long("--threads", optarg, 1, 1024); break;
+        case O_VALSTEPS: o->val_steps = (int)df_parse_long_arg("--validation-steps", optarg, 1, 1000); break;
+        case 't': o->threads = (int)df_parse_long_arg("--threads", optarg, 1, 1024); break;
         case 'q':
         case O_QUIET: o->pmode = DF_PROGRESS_NEVER; break;
         case O_PROGRESS: o->pmode = DF_PROGRESS_ALWAYS; break;

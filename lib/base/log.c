@@ -1,5 +1,6 @@
 /* log.c - error messages and the progress line.
  * Tested by tests/unit/test_log.c (message format). */
+#include <errno.h>
 #include "log.h"
 
 #include <pthread.h>
@@ -63,6 +64,16 @@ void df_usage_error(const char *fmt, ...)
     va_end(ap);
     fprintf(stderr, "Try '%s --help' for more information.\n", prog);
     exit(2);
+}
+
+long df_parse_long_arg(const char *flag, const char *s, long lo, long hi)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || end == s || *end || v < lo || v > hi)
+        df_usage_error("%s: '%s' is not a whole number from %ld to %ld", flag, s, lo, hi);
+    return v;
 }
 
 double df_now(void)

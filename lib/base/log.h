@@ -21,6 +21,10 @@ void df_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void df_usage_error(const char *fmt, ...)
     __attribute__((format(printf, 1, 2), noreturn));
 
+/* The value of a whole-number flag: all of s in base 10, within [lo, hi];
+ * anything else is a usage error naming the flag. Only tools call this. */
+long df_parse_long_arg(const char *flag, const char *s, long lo, long hi);
+
 /* Progress modes: auto draws when stderr is a tty; --quiet and --progress
  * map to NEVER and ALWAYS. */
 typedef enum { DF_PROGRESS_AUTO, DF_PROGRESS_NEVER, DF_PROGRESS_ALWAYS } df_progress_mode;
