@@ -216,6 +216,9 @@ int main(int argc, char **argv)
     const char *loras[SERVE_MAX_LORAS];
     int nl = 0;
     parse_args(argc, argv, loras, &nl);
+    if (g_cfg.threads)
+        df_ops_set_threads(g_cfg.threads);
+    open_model(loras, nl);   /* first: a bad --model leaves no --out folder behind */
     struct stat sb;
     if ((mkdir(g_cfg.out_dir, 0777) != 0 && errno != EEXIST) || stat(g_cfg.out_dir, &sb) != 0 ||
         !S_ISDIR(sb.st_mode)) {
@@ -226,9 +229,6 @@ int main(int argc, char **argv)
         df_error("%s", df_last_error());
         return 1;
     }
-    if (g_cfg.threads)
-        df_ops_set_threads(g_cfg.threads);
-    open_model(loras, nl);
     df_pipeline_keep_loaded(g_cfg.pipe, true);
     warm_up();
 

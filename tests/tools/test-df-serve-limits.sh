@@ -28,6 +28,8 @@ for args, want in ((["--help"], 0), ([], 2), (["--model", MODEL, "--api-key-env"
     check(p.returncode == want, "df-serve %s: exit %d, want %d (%s)" % (args, p.returncode, want,
                                                                        p.stderr.strip()[-200:]))
     check(p.stdout == "" or args == ["--help"], "df-serve %s wrote to stdout" % args)
+    check(p.returncode == 0 or not os.path.exists("df-serve-images"),
+          "df-serve %s: a failed start left the default --out folder behind" % args)
 
 s = Server("--max-body", "65536", "--max-pixels", "16384", "--max-steps", "10",
            "--max-batch", "2", "--max-prompt-chars", "50")
